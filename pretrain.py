@@ -1,0 +1,467 @@
+"""
+EchoJEPA / V-JEPA 2 pretraining: mask spatiotemporal tubes of an echo clip and predict the latent embeddings of
+the hidden tubes (from an EMA copy of the encoder) instead of their pixels. See ../shared/SPEC.md section 4.
+
+CPU quick start (2 cores, synthetic echo, a few minutes):
+    python pretrain.py
+One node, 8 GPUs, the EchoJEPA-L recipe (README has the full table):
+    torchrun --standalone --nproc_per_node=8 pretrain.py --model vitl --crop 224 --batch_size 128 \
+        --lr 1.75e-4 --start_lr 3.33e-5 --warmup 12000 --steps 72000 --ema 0.99925 0.99925 --init vitl.pt
+Several nodes (run on each node, with its --node_rank):
+    torchrun --nnodes=4 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        pretrain.py --model vitl ...
+Throughput benchmark (synthetic tensors on the device, no I/O):
+    python pretrain.py --bench --model vitl --batch_size 64 --crop 224
+"""
+import argparse
+import copy
+import inspect
+import math
+import os
+import re
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from masks import MaskCollator, budgets, sample_masks
+from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict
+
+# -----------------------------------------------------------------------------
+# config: every default here is the CPU quick start; each line is also a --flag
+
+
+@dataclass
+class Config:
+    model: str = "vitq"                   # encoder size: vitt vits vitb vitl vith vitg (official), vitq (CPU quick start)
+    rope: str = "reference"               # RoPE layout: reference (as the released weights) or interleave (corrected)
+    init: str = ""                        # official V-JEPA 2 / EchoJEPA checkpoint to start from ('' = random init)
+    data: str = "synthetic"               # 'synthetic' (generated on the fly), a V-JEPA CSV, or an EchoNet folder
+    frames: int = 16                      # frames per clip (even: tubelet of 2)
+    crop: int = 112                       # clip height = width in pixels (multiple of 16)
+    fps: float = 8.0                      # target sampling rate of clip frames (EchoJEPA-L: 8)
+    batch_size: int = 8                   # clips per process (global batch = batch_size * world size)
+    num_workers: int = 1                  # DataLoader worker processes per rank
+    steps: int = 400                      # total optimiser steps, cooldown included
+    warmup: int = 40                      # linear warmup steps, start_lr -> lr
+    cooldown: int = 0                     # final steps of linear decay lr -> final_lr (V-JEPA 2 cooldown phase)
+    lr: float = 5e-4                      # peak learning rate (EchoJEPA rule: 5.25e-4 * global_batch / 3072)
+    start_lr: float = 1e-4                # learning rate at step 0
+    final_lr: float = 0.0                 # learning rate at the end of the cooldown
+    wd: float = 0.04                      # AdamW weight decay on weights (ndim >= 2), 0 on biases and norms
+    ema: tuple = (0.99, 0.999)            # target-encoder EMA momentum, linear from ema[0] to ema[1] over the run
+    dtype: str = "auto"                   # float32 | bfloat16 | float16 | auto (bf16 on CUDA if supported, else fp32)
+    compile: bool = False                 # torch.compile(dynamic=False) the three networks (pays off on GPU only)
+    sdpa: bool = True                     # fused scaled_dot_product_attention (off: explicit softmax reference)
+    fused_adam: bool = True               # fused AdamW kernel where the device supports it
+    fused_ema: bool = True                # one foreach-lerp EMA update (off: a per-tensor loop)
+    grad_ckpt: bool = False               # activation checkpointing of encoder and predictor blocks
+    seed: int = 0                         # seeds model init, data draws and masks
+    out_dir: str = "out"                  # checkpoint and log.txt go here
+    log_interval: int = 20                # steps between log lines (the only host syncs of the loop)
+    ckpt_interval: int = 200              # steps between checkpoints (one is always written at the end)
+    resume: bool = False                  # continue from out_dir/ckpt.pt: weights, optimiser, step
+    bench: bool = False                   # throughput benchmark on synthetic device tensors, then exit
+    bench_steps: int = 20                 # timed steps of --bench (after warm-up)
+
+
+# argparse built from the block above; the comment of each line becomes its --help
+HELP = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M))
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+for f in fields(Config):
+    if f.type is bool:
+        parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
+    elif f.type is tuple:
+        parser.add_argument(f"--{f.name}", type=float, nargs=2, default=f.default, help=HELP[f.name])
+    else:
+        parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name],
+                            choices=sorted(CONFIGS) if f.name == "model" else None)
+cfg = Config(**vars(parser.parse_args()))
+cfg.ema = tuple(cfg.ema)
+if cfg.crop % 16:
+    parser.error(f"--crop {cfg.crop} is not a multiple of the 16-pixel patch size")
+if cfg.frames % 2 or cfg.frames < 2:
+    parser.error(f"--frames {cfg.frames} must be even (tubelets of 2 frames)")
+if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+    parser.error(f"--dtype {cfg.dtype}: choose float32, bfloat16, float16 or auto")
+if cfg.init and not os.path.isfile(cfg.init):
+    parser.error(f"--init {cfg.init}: no such file")
+
+
+def fail(msg):
+    """One clear line, no traceback wall."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# -----------------------------------------------------------------------------
+# system: DDP from the torchrun environment, device, dtype
+
+ddp = int(os.environ.get("RANK", -1)) != -1
+if ddp:
+    torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+else:
+    rank, world_size, local_rank = 0, 1, 0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+master_process = rank == 0
+device_type = "cuda" if device.startswith("cuda") else "cpu"
+if cfg.dtype == "auto":
+    cfg.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left on GPU
+torch.backends.cudnn.allow_tf32 = True
+# Same seed on every rank: identical initial weights, so the target encoder (outside DDP) starts identical too.
+# Data and masks are not drawn from this generator; they are pure functions of (seed, step, rank, i).
+torch.manual_seed(cfg.seed)
+if master_process:
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if not os.access(cfg.out_dir, os.W_OK):
+        fail(f"--out_dir {cfg.out_dir} is not writable")
+
+# -----------------------------------------------------------------------------
+# model: context encoder + predictor (trained), target encoder (EMA copy, never in DDP, no grads)
+
+mcfg = copy.deepcopy(CONFIGS[cfg.model])
+mcfg.rope = cfg.rope
+encoder = Encoder(mcfg).to(device)
+predictor = build_predictor(mcfg).to(device)
+if cfg.init:  # official files: keys `encoder`, `predictor`, `target_encoder`, prefixed `module.backbone.`
+    try:
+        ckpt = torch.load(cfg.init, map_location="cpu", weights_only=False)
+    except Exception as e:
+        fail(f"--init {cfg.init}: cannot read the checkpoint ({type(e).__name__}: {e})")
+    if not isinstance(ckpt, dict) or not ({"encoder", "target_encoder"} & set(ckpt)):
+        fail(f"--init {cfg.init}: expected a dict with 'encoder'/'target_encoder' (and 'predictor') entries")
+    try:
+        load_strict(encoder, ckpt.get("encoder", ckpt.get("target_encoder")), f"--init {cfg.init} encoder")
+        if "predictor" in ckpt:
+            load_strict(predictor, ckpt["predictor"], f"--init {cfg.init} predictor")
+        elif master_process:
+            print(f"--init {cfg.init} has no 'predictor': the predictor starts from random init")
+    except ValueError as e:
+        fail(str(e))
+target_encoder = copy.deepcopy(encoder)
+if cfg.init and "target_encoder" in ckpt:
+    try:
+        load_strict(target_encoder, ckpt["target_encoder"], f"--init {cfg.init} target_encoder")
+    except ValueError as e:
+        fail(str(e))
+    del ckpt
+for p in target_encoder.parameters():
+    p.requires_grad_(False)
+for m in (encoder, predictor, target_encoder):
+    for blk in m.modules():
+        if hasattr(blk, "use_sdpa"):
+            blk.use_sdpa = cfg.sdpa
+encoder.grad_checkpointing = predictor.grad_checkpointing = cfg.grad_ckpt
+
+# AdamW with V-JEPA 2's groups: weight decay on weights and mask tokens (ndim >= 2), none on biases and norms.
+params = [p for m in (encoder, predictor) for p in m.parameters()]
+opt = torch.optim.AdamW([dict(params=[p for p in params if p.ndim >= 2], weight_decay=cfg.wd),
+                         dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)],
+                        lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=cfg.fused_adam or None)
+scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)  # only fp16 needs loss scaling
+
+step = 0
+ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+if cfg.resume:  # resume = load and set step: data, masks and schedules are pure functions of the step
+    if not os.path.isfile(ckpt_path):
+        fail(f"--resume: no checkpoint at {ckpt_path}")
+    try:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        load_strict(encoder, ckpt["encoder"], f"{ckpt_path} encoder")
+        load_strict(predictor, ckpt["predictor"], f"{ckpt_path} predictor")
+        load_strict(target_encoder, ckpt["target_encoder"], f"{ckpt_path} target_encoder")
+        opt.load_state_dict(ckpt["opt"])
+        step = ckpt["step"]
+    except ValueError as e:
+        fail(str(e))
+    except Exception as e:
+        fail(f"{ckpt_path} is corrupt or truncated ({type(e).__name__}: {e}); delete it or restore a backup")
+    del ckpt
+    if master_process:
+        print(f"resumed from {ckpt_path} at step {step}")
+
+raw_encoder, raw_predictor = encoder, predictor  # un-wrapped handles: state_dict keys stay plain
+if cfg.compile:
+    encoder = torch.compile(encoder, dynamic=False)  # fixed mask budgets -> static shapes, no recompiles
+    predictor = torch.compile(predictor, dynamic=False)
+    target_encoder = torch.compile(target_encoder, dynamic=False)
+if ddp:  # static_graph: the encoder runs twice per step, and mask tokens 1..9 never get a gradient
+    encoder = torch.nn.parallel.DistributedDataParallel(encoder, static_graph=True)
+    predictor = torch.nn.parallel.DistributedDataParallel(predictor, static_graph=True)
+
+# -----------------------------------------------------------------------------
+# schedules: pure functions of the step
+
+
+def get_lr(it):
+    """Warmup-stable-decay (V-JEPA 2 WSDSchedule): linear start_lr -> lr, constant, then linear -> final_lr."""
+    if it < cfg.warmup:
+        return cfg.start_lr + (cfg.lr - cfg.start_lr) * it / cfg.warmup
+    decay_start = cfg.steps - cfg.cooldown
+    if it < decay_start:
+        return cfg.lr
+    return cfg.lr + (cfg.final_lr - cfg.lr) * (it - decay_start) / max(1, cfg.cooldown)
+
+
+def get_ema(it):
+    """EMA momentum, linear from ema[0] to ema[1] over the run (EchoJEPA: 0.99925 constant)."""
+    return cfg.ema[0] + (cfg.ema[1] - cfg.ema[0]) * it / max(1, cfg.steps)
+
+
+# -----------------------------------------------------------------------------
+# one JEPA step and its FLOP count
+
+
+grid = (cfg.frames // 2, cfg.crop // 16, cfg.crop // 16)
+
+
+def jepa_loss(clips, masks):
+    """L1 between predicted and target latents of the masked tubes, averaged over the mask generators."""
+    with torch.no_grad():
+        h = target_encoder(clips)
+        h = F.layer_norm(h, (h.size(-1),))  # non-affine LN on top of the encoder's own final norm (V-JEPA)
+    loss, stats = 0.0, []
+    for ctx, tgt in masks:
+        z = predictor(encoder(clips, ctx), ctx, tgt, grid)  # (B, Kt, D)
+        ht = torch.gather(h, 1, tgt.unsqueeze(-1).expand(-1, -1, h.size(-1)))  # (B, Kt, D)
+        loss = loss + (z.float() - ht.float()).abs().mean()
+        # collapse monitor: mean per-dimension std of targets and predictions (jepa's input_var / pstd_z)
+        stats.append(torch.stack([ht.float().std(dim=(0, 1)).mean(), z.detach().float().std(dim=(0, 1)).mean()]))
+    return loss / len(masks), torch.stack(stats).mean(0)
+
+
+def train_step(clips, masks, it):
+    for g in opt.param_groups:
+        g["lr"] = get_lr(it)
+    with autocast:
+        loss, stats = jepa_loss(clips, masks)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    ema_update(target_encoder, raw_encoder, get_ema(it), fused=cfg.fused_ema)  # EMA after every optimiser step
+    return loss.detach(), stats
+
+
+def step_flops(mcfg, grid, mask_budgets):
+    """Model FLOPs of one JEPA step per clip (NOTES-perf 1.3), split (matmul, attention).
+
+    One ViT forward over n tokens: F(n) = L * (2 n P + 4 n^2 d), P = (4 + 2r) d^2 matmul weights per block,
+    attention 4 n^2 d (QK^T and AV). Backward = 2 x forward. Per clip:
+      target encoder, forward on N:           F(N; enc) + 2 N Pe            (Pe = 3 t p^2 d, patch embed)
+      context encoder, per mask, fwd+bwd:     3 F(C_m; enc) + 4 N Pe        (patch embed: no input grad)
+      predictor, per mask, fwd+bwd:           3 F(C_m + K_m; pred) + 6 (C_m + K_m) d d_p   (embed + proj)
+    Activation checkpointing recomputes one forward: hardware FLOPs, not counted here."""
+    N = grid[0] * grid[1] * grid[2]
+    d, dp, L, Lp = mcfg.dim, mcfg.pred_dim, mcfg.depth, mcfg.pred_depth
+    P = 2 * d * d * 2 + 2 * d * int(d * mcfg.mlp_ratio)  # qkv 3d^2 + proj d^2 + fc1, fc2
+    Pp = 4 * dp * dp + 2 * dp * int(dp * mcfg.mlp_ratio)
+    Pe = mcfg.in_chans * mcfg.tubelet_size * mcfg.patch_size ** 2 * d
+    mm = L * 2 * N * P + 2 * N * Pe
+    att = L * 4 * N * N * d
+    for C, K in mask_budgets:
+        mm += 3 * L * 2 * C * P + 4 * N * Pe + 3 * Lp * 2 * (C + K) * Pp + 6 * (C + K) * d * dp
+        att += 3 * (L * 4 * C * C * d + Lp * 4 * (C + K) ** 2 * dp)
+    return mm, att
+
+
+PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312)]  # dense bf16, no sparsity
+
+
+def peak_flops():
+    """Peak dense bf16 FLOP/s of this device, or None: an unknown device gets MFU 'n/a', never a guess."""
+    if device_type != "cuda" or ptdtype == torch.float32:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key.replace(" ", "") in name.replace(" ", "")), None)
+
+
+flops_per_clip = sum(step_flops(mcfg, grid, budgets(grid)))
+
+# -----------------------------------------------------------------------------
+# benchmark mode: synthetic device tensors, warm-up (compile included), then timed steps
+
+if cfg.bench:
+    B = cfg.batch_size
+    clips = torch.randn(B, 3, cfg.frames, cfg.crop, cfg.crop, device=device)
+    masks = [(c.to(device), t.to(device)) for c, t in sample_masks(grid, list(range(B)), 0, cfg.seed)]
+    t0 = time.perf_counter()
+    for i in range(3):  # warm-up: compile, cudnn autotune, allocator
+        train_step(clips, masks, i)
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    warm_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    for i in range(cfg.bench_steps):
+        train_step(clips, masks, i)
+    if device_type == "cuda":
+        end.record()
+        torch.cuda.synchronize()
+        dt = start.elapsed_time(end) / 1e3 / cfg.bench_steps
+    else:
+        dt = (time.perf_counter() - t0) / cfg.bench_steps
+    name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    peak = peak_flops()
+    mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device_type == "cuda" else "n/a"
+    mfu = f"{100 * flops_per_clip * B / dt / peak:.1f} %" if peak else "n/a"
+    print(f"bench | {name} | {cfg.model} {cfg.frames}x{cfg.crop}^2 batch {B} {cfg.dtype} compile={cfg.compile} "
+          f"grad_ckpt={cfg.grad_ckpt}")
+    print(f"bench | warm-up {warm_s:.1f} s | {dt * 1e3:.1f} ms/step | {B / dt:.1f} clips/s | peak mem {mem} | "
+          f"{flops_per_clip / 1e12:.3f} TFLOP/clip (model) | {flops_per_clip * B / dt / 1e12:.2f} TFLOP/s | MFU {mfu}")
+    if ddp:
+        torch.distributed.destroy_process_group()
+    sys.exit(0)
+
+# -----------------------------------------------------------------------------
+# data: sample key -> clip is deterministic, batches of keys are a pure function of the step
+
+import data  # noqa: E402  (after the bench exit: --bench needs no video stack)
+
+try:
+    dataset = data.build_pretrain_dataset(cfg.data, cfg.frames, cfg.crop, cfg.fps, cfg.seed)
+except (ValueError, FileNotFoundError) as e:
+    fail(str(e))
+
+
+class Keyed(torch.utils.data.Dataset):
+    """Hands the collate function each sample's key, from which it seeds that sample's masks."""
+
+    def __getitem__(self, key):
+        return key, dataset[key]
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch of keys for every step from `start`: keys = step * global_batch + rank * batch_size + i."""
+
+    def __init__(self, start):
+        self.start = start
+
+    def __len__(self):
+        return cfg.steps - self.start
+
+    def __iter__(self):
+        for it in range(self.start, cfg.steps):
+            k0 = (it * world_size + rank) * cfg.batch_size
+            yield list(range(k0, k0 + cfg.batch_size))
+
+
+global_batch = cfg.batch_size * world_size
+try:  # fail now, in one line, if this clip geometry cannot meet the mask budgets (tiny crops)
+    sample_masks(grid, list(range(cfg.batch_size)), 0, cfg.seed)
+except RuntimeError as e:
+    fail(str(e))
+loader = torch.utils.data.DataLoader(
+    Keyed(), batch_sampler=StepBatches(step), collate_fn=MaskCollator(grid, global_batch, cfg.seed),
+    num_workers=cfg.num_workers, pin_memory=device_type == "cuda", persistent_workers=cfg.num_workers > 0,
+    prefetch_factor=4 if cfg.num_workers > 0 else None)
+
+
+def save_checkpoint(it, loss):
+    """One dict (SPEC section 4), plain keys, written to a temp file then renamed: a kill never leaves it torn."""
+    ckpt = dict(encoder=raw_encoder.state_dict(), predictor=raw_predictor.state_dict(),
+                target_encoder=(target_encoder._orig_mod if cfg.compile else target_encoder).state_dict(),
+                opt=opt.state_dict(), step=it, itr=it, epoch=it * global_batch // max(1, len(dataset)),
+                loss=loss, batch_size=cfg.batch_size, world_size=world_size, lr=get_lr(max(0, it - 1)),
+                config=asdict(cfg))
+    tmp = ckpt_path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, ckpt_path)
+
+
+# Preemption: SIGTERM/SIGINT only set a flag; the loop saves at the next step boundary and exits 0.
+stop_signal = []
+signal.signal(signal.SIGTERM, lambda sig, frame: stop_signal.append(sig))
+signal.signal(signal.SIGINT, lambda sig, frame: stop_signal.append(sig))
+
+# -----------------------------------------------------------------------------
+# training loop
+
+if master_process:
+    n_enc, n_pred = sum(p.numel() for p in raw_encoder.parameters()), sum(p.numel() for p in raw_predictor.parameters())
+    print(f"{cfg.model}: encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params | grid {grid} | "
+          f"masks (ctx, tgt) {budgets(grid)} | {cfg.dtype} on {device} x{world_size} | data {cfg.data} "
+          f"({len(dataset)} videos) | {flops_per_clip / 1e9:.1f} GFLOP/clip")
+    log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
+    log_file.write(f"config {asdict(cfg)}\n")
+
+from tqdm import tqdm  # noqa: E402
+
+pbar = tqdm(total=cfg.steps, initial=step, disable=not master_process, dynamic_ncols=True, desc="pretrain")
+loss_acc, stats_acc, n_acc = torch.zeros((), device=device), torch.zeros(2, device=device), 0
+bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, checked without a sync
+t_data, t_log, last_loss = 0.0, time.perf_counter(), float("nan")
+data_iter = iter(loader)
+while step < cfg.steps:
+    t0 = time.perf_counter()
+    clips, masks = next(data_iter)
+    t_data += time.perf_counter() - t0
+    clips = clips.to(device, non_blocking=True)
+    masks = [(c.to(device, non_blocking=True), t.to(device, non_blocking=True)) for c, t in masks]
+    loss, stats = train_step(clips, masks, step)
+    bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+    loss_acc += loss
+    stats_acc += stats
+    n_acc += 1
+    step += 1
+    pbar.update(1)
+
+    stop = bool(stop_signal)
+    if ddp and stop_signal is not None:  # every rank must agree to stop at the same step boundary
+        flag = torch.tensor(float(stop), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = flag.item() > 0
+    last = step == cfg.steps or stop
+    if step % cfg.log_interval == 0 or step % cfg.ckpt_interval == 0 or last:
+        vals = torch.cat([loss_acc.view(1), stats_acc]) / n_acc
+        if ddp:  # average the logged numbers over ranks (logging only; gradients were reduced by DDP)
+            torch.distributed.all_reduce(vals)
+            vals /= world_size
+        if bad_step.item() >= 0:  # the one .item() sync of the loop
+            fail(f"loss became NaN/inf at step {bad_step.item()}; stopping. The last good checkpoint "
+                 f"({ckpt_path}, if any) was kept; lower --lr or check the data")
+        last_loss, std_t, std_p = vals.tolist()
+        dt = (time.perf_counter() - t_log) / n_acc
+        if master_process:
+            line = (f"step {step:6d} | loss {last_loss:.4f} | lr {get_lr(step - 1):.2e} | {dt * 1e3:.0f} ms/step "
+                    f"(data {t_data / n_acc * 1e3:.0f} ms) | {global_batch / dt:.1f} clips/s | "
+                    f"std tgt {std_t:.3f} pred {std_p:.3f}")
+            pbar.set_postfix_str(f"loss {last_loss:.4f} lr {get_lr(step - 1):.1e} {global_batch / dt:.1f} clips/s")
+            if step % cfg.log_interval == 0 or last:
+                pbar.write(line)
+                log_file.write(line + "\n")
+                log_file.flush()
+        loss_acc.zero_(), stats_acc.zero_()
+        n_acc, t_data, t_log = 0, 0.0, time.perf_counter()
+        if master_process and (step % cfg.ckpt_interval == 0 or last):
+            save_checkpoint(step, last_loss)
+    if stop:
+        if master_process:
+            pbar.write(f"received signal {stop_signal[0] if stop_signal else '(on another rank)'}: "
+                       f"saved {ckpt_path} at step {step}; continue with --resume")
+        break
+
+# -----------------------------------------------------------------------------
+# teardown
+
+pbar.close()
+if master_process:
+    print(f"done: step {step}, loss {last_loss:.4f}, checkpoint {ckpt_path}")
+    log_file.close()
+if hasattr(dataset, "summary"):
+    dataset.summary()  # bad-video skip counts, if the data layer kept any
+if ddp:
+    torch.distributed.destroy_process_group()
