@@ -123,10 +123,14 @@ torch.backends.cudnn.allow_tf32 = True
 # Same seed on every rank: identical initial weights, so the target encoder (outside DDP) starts identical too.
 # Data and masks are not drawn from this generator; they are pure functions of (seed, step, rank, i).
 torch.manual_seed(cfg.seed)
-if master_process:
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if not os.access(cfg.out_dir, os.W_OK):
-        fail(f"--out_dir {cfg.out_dir} is not writable")
+if master_process and not cfg.bench:  # find out now, not at the first checkpoint hours later
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, ".write_test"), "w"):
+            pass
+        os.remove(os.path.join(cfg.out_dir, ".write_test"))
+    except OSError as e:
+        fail(f"--out_dir {cfg.out_dir} is not writable ({e.strerror}); choose another folder")
 
 # -----------------------------------------------------------------------------
 # model: context encoder + predictor (trained), target encoder (EMA copy, never in DDP, no grads)
@@ -372,6 +376,8 @@ loader = torch.utils.data.DataLoader(
 
 def save_checkpoint(it, loss):
     """One dict (SPEC section 4), plain keys, written to a temp file then renamed: a kill never leaves it torn."""
+    if not all(torch.isfinite(p).all() for p in raw_encoder.parameters()):  # never overwrite a good one with NaNs
+        fail(f"encoder weights became NaN/inf before step {it}; stopping. {ckpt_path} (if any) was kept")
     ckpt = dict(encoder=raw_encoder.state_dict(), predictor=raw_predictor.state_dict(),
                 target_encoder=(target_encoder._orig_mod if cfg.compile else target_encoder).state_dict(),
                 opt=opt.state_dict(), step=it, itr=it, epoch=it * global_batch // max(1, len(dataset)),
@@ -436,7 +442,7 @@ while step < cfg.steps:
         last_loss, std_t, std_p = vals.tolist()
         dt = (time.perf_counter() - t_log) / n_acc
         if master_process:
-            line = (f"step {step:6d} | loss {last_loss:.4f} | lr {get_lr(step - 1):.2e} | {dt * 1e3:.0f} ms/step "
+            line = (f"step {step:6d} | loss {last_loss:.6f} | lr {get_lr(step - 1):.2e} | {dt * 1e3:.0f} ms/step "
                     f"(data {t_data / n_acc * 1e3:.0f} ms) | {global_batch / dt:.1f} clips/s | "
                     f"std tgt {std_t:.3f} pred {std_p:.3f}")
             pbar.set_postfix_str(f"loss {last_loss:.4f} lr {get_lr(step - 1):.1e} {global_batch / dt:.1f} clips/s")
