@@ -89,15 +89,30 @@ def sample_masks(grid, keys, step, seed=0):
     return out
 
 
+def sample_tube_mask(grid, keys, seed=0, ratio=0.9):
+    """MAE baseline (VideoMAE): hide a random `ratio` of spatial positions as tubes over all T'. [(ctx, tgt)]"""
+    T, H, W = grid
+    n_vis = max(1, round((1 - ratio) * H * W))
+    tube = np.arange(T)[:, None] * (H * W)  # (T', 1)
+    ctx, tgt = [], []
+    for key in keys:
+        perm = np.random.default_rng([seed, key, 7]).permutation(H * W)
+        ctx.append(np.sort((tube + perm[None, :n_vis]).ravel()))
+        tgt.append(np.sort((tube + perm[None, n_vis:]).ravel()))
+    return [(torch.from_numpy(np.stack(ctx)), torch.from_numpy(np.stack(tgt)))]
+
+
 class MaskCollator:
     """collate_fn: a list of (key, clip) -> (clips (B,3,T,H,W), [(ctx (B,Kc), tgt (B,Kt)) per generator])."""
 
-    def __init__(self, grid, global_batch, seed=0):
-        self.grid, self.global_batch, self.seed = grid, global_batch, seed
+    def __init__(self, grid, global_batch, seed=0, objective="jepa"):
+        self.grid, self.global_batch, self.seed, self.objective = grid, global_batch, seed, objective
 
     def __call__(self, batch):
         keys = [k for k, _ in batch]
         clips = torch.stack([c for _, c in batch])
+        if self.objective == "mae":
+            return clips, sample_tube_mask(self.grid, keys, self.seed)
         step = keys[0] // self.global_batch
         return clips, sample_masks(self.grid, keys, step, self.seed)
 

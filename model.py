@@ -221,7 +221,7 @@ class Predictor(nn.Module):
     """JEPA predictor. forward(z_ctx (B,Kc,D), idx_ctx (B,Kc), idx_tgt (B,Kt), grid (T',H',W')) -> (B, Kt, D)."""
 
     def __init__(self, enc_dim, dim=384, depth=12, heads=12, mlp_ratio=4.0, num_mask_tokens=10,
-                 qkv_bias=True, rope="reference", init_std=0.02):
+                 qkv_bias=True, rope="reference", init_std=0.02, out_dim=None):
         super().__init__()
         self.heads, self.rope = heads, rope
         self.predictor_embed = nn.Linear(enc_dim, dim)
@@ -230,7 +230,7 @@ class Predictor(nn.Module):
         self.mask_tokens = nn.ParameterList([nn.Parameter(torch.zeros(1, 1, dim)) for _ in range(num_mask_tokens)])
         self.predictor_blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, qkv_bias) for _ in range(depth)])
         self.predictor_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.predictor_proj = nn.Linear(dim, enc_dim)
+        self.predictor_proj = nn.Linear(dim, out_dim or enc_dim)  # out_dim: pixels per tubelet for the MAE baseline
         self.grad_checkpointing = False
         _init_weights(self, self.predictor_blocks, init_std)  # leaves the mask tokens at zero
 
@@ -248,10 +248,11 @@ class Predictor(nn.Module):
         return self.predictor_proj(x)
 
 
-def build_predictor(cfg: ViTConfig):
-    """The predictor that goes with an encoder config (official 12x384x12 for the official sizes)."""
+def build_predictor(cfg: ViTConfig, out_dim=None):
+    """The predictor that goes with an encoder config (official 12x384x12 for the official sizes). With out_dim it
+    is the MAE baseline's pixel decoder: mask tokens at the hidden positions, RoPE, a projection to pixels."""
     return Predictor(cfg.dim, dim=cfg.pred_dim, depth=cfg.pred_depth, heads=cfg.pred_heads, rope=cfg.rope,
-                     init_std=cfg.init_std)
+                     init_std=cfg.init_std, out_dim=out_dim)
 
 
 # -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from masks import MaskCollator, budgets, sample_masks
+from masks import MaskCollator, budgets, sample_masks, sample_tube_mask
 from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict
 
 # -----------------------------------------------------------------------------
@@ -37,6 +37,7 @@ from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict
 
 @dataclass
 class Config:
+    objective: str = "jepa"               # jepa (latent prediction) or mae (VideoMAE pixel-reconstruction baseline)
     model: str = "vitq"                   # encoder size: vitt vits vitb vitl vith vitg (official), vitq (CPU quick start)
     rope: str = "reference"               # RoPE layout: reference (as the released weights) or interleave (corrected)
     init: str = ""                        # official V-JEPA 2 / EchoJEPA checkpoint to start from ('' = random init)
@@ -55,7 +56,7 @@ class Config:
     wd: float = 0.04                      # AdamW weight decay on weights (ndim >= 2), 0 on biases and norms
     ema: tuple = (0.99, 0.999)            # target-encoder EMA momentum, linear from ema[0] to ema[1] over the run
     dtype: str = "auto"                   # float32 | bfloat16 | float16 | auto (bf16 on CUDA if supported, else fp32)
-    compile: bool = False                 # torch.compile(dynamic=False) the three networks (pays off on GPU only)
+    compile: bool = None                  # torch.compile(dynamic=False) the 3 networks; default on for CUDA, off on CPU
     sdpa: bool = True                     # fused scaled_dot_product_attention (off: explicit softmax reference)
     fused_adam: bool = True               # fused AdamW kernel where the device supports it
     fused_ema: bool = True                # one foreach-lerp EMA update (off: a per-tensor loop)
@@ -79,7 +80,8 @@ for f in fields(Config):
         parser.add_argument(f"--{f.name}", type=float, nargs=2, default=f.default, help=HELP[f.name])
     else:
         parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name],
-                            choices=sorted(CONFIGS) if f.name == "model" else None)
+                            choices=sorted(CONFIGS) if f.name == "model" else
+                            ["jepa", "mae"] if f.name == "objective" else None)
 cfg = Config(**vars(parser.parse_args()))
 cfg.ema = tuple(cfg.ema)
 if cfg.crop % 16:
@@ -117,6 +119,8 @@ device_type = "cuda" if device.startswith("cuda") else "cpu"
 if cfg.dtype == "auto":
     cfg.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+if cfg.compile is None:  # compile pays off on GPU; on CPU it costs ~100 s for <= 1.3x (NOTES-perf 4.8)
+    cfg.compile = device_type == "cuda"
 autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
 torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left on GPU
 torch.backends.cudnn.allow_tf32 = True
@@ -137,8 +141,10 @@ if master_process and not cfg.bench:  # find out now, not at the first checkpoin
 
 mcfg = copy.deepcopy(CONFIGS[cfg.model])
 mcfg.rope = cfg.rope
+mae = cfg.objective == "mae"
+patch_dim = mcfg.in_chans * mcfg.tubelet_size * mcfg.patch_size ** 2  # pixels per tubelet
 encoder = Encoder(mcfg).to(device)
-predictor = build_predictor(mcfg).to(device)
+predictor = build_predictor(mcfg, out_dim=patch_dim if mae else None).to(device)  # MAE: the pixel decoder
 if cfg.init:  # official files: keys `encoder`, `predictor`, `target_encoder`, prefixed `module.backbone.`
     try:
         ckpt = torch.load(cfg.init, map_location="cpu", weights_only=False)
@@ -154,14 +160,15 @@ if cfg.init:  # official files: keys `encoder`, `predictor`, `target_encoder`, p
             print(f"--init {cfg.init} has no 'predictor': the predictor starts from random init")
     except ValueError as e:
         fail(str(e))
-target_encoder = copy.deepcopy(encoder)
-if cfg.init and "target_encoder" in ckpt:
+# MAE has no EMA target: "target_encoder" is the encoder itself, so checkpoints keep one format for probe.py
+target_encoder = encoder if mae else copy.deepcopy(encoder)
+if cfg.init and "target_encoder" in ckpt and not mae:
     try:
         load_strict(target_encoder, ckpt["target_encoder"], f"--init {cfg.init} target_encoder")
     except ValueError as e:
         fail(str(e))
     del ckpt
-for p in target_encoder.parameters():
+for p in target_encoder.parameters() if not mae else []:
     p.requires_grad_(False)
 for m in (encoder, predictor, target_encoder):
     for blk in m.modules():
@@ -200,7 +207,7 @@ raw_encoder, raw_predictor = encoder, predictor  # un-wrapped handles: state_dic
 if cfg.compile:
     encoder = torch.compile(encoder, dynamic=False)  # fixed mask budgets -> static shapes, no recompiles
     predictor = torch.compile(predictor, dynamic=False)
-    target_encoder = torch.compile(target_encoder, dynamic=False)
+    target_encoder = encoder if mae else torch.compile(target_encoder, dynamic=False)
 if ddp:  # static_graph: the encoder runs twice per step, and mask tokens 1..9 never get a gradient
     encoder = torch.nn.parallel.DistributedDataParallel(encoder, static_graph=True)
     predictor = torch.nn.parallel.DistributedDataParallel(predictor, static_graph=True)
@@ -246,20 +253,36 @@ def jepa_loss(clips, masks):
     return loss / len(masks), torch.stack(stats).mean(0)
 
 
+def mae_loss(clips, masks):
+    """Baseline (VideoMAE, issue 8): same encoder on the 10 % visible tubes, the predictor as pixel decoder, MSE on
+    per-patch normalised pixels of the hidden tubelets. Only this function and the tube mask differ from JEPA."""
+    (ctx, tgt), = masks
+    z = predictor(encoder(clips, ctx), ctx, tgt, grid)  # (B, Kt, 3*t*p*p)
+    B, C, T, H, W = clips.shape
+    t, p = 2, 16
+    x = clips.view(B, C, T // t, t, H // p, p, W // p, p).permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T', H', W', t, p, p, C)
+    x = x.reshape(B, -1, t * p * p, C)  # (B, N, t*p*p, C)
+    x = (x - x.mean(2, keepdim=True)) / (x.var(2, keepdim=True).sqrt() + 1e-6)  # per patch and channel (VideoMAE)
+    x = torch.gather(x.flatten(2), 1, tgt.unsqueeze(-1).expand(-1, -1, z.size(-1)))  # (B, Kt, t*p*p*C)
+    stats = torch.stack([x.std(dim=(0, 1)).mean(), z.detach().float().std(dim=(0, 1)).mean()])
+    return ((z.float() - x) ** 2).mean(), stats
+
+
 def train_step(clips, masks, it):
     for g in opt.param_groups:
         g["lr"] = get_lr(it)
     with autocast:
-        loss, stats = jepa_loss(clips, masks)
+        loss, stats = (mae_loss if cfg.objective == "mae" else jepa_loss)(clips, masks)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
     scaler.update()
-    ema_update(target_encoder, raw_encoder, get_ema(it), fused=cfg.fused_ema)  # EMA after every optimiser step
+    if cfg.objective == "jepa":  # EMA after every optimiser step
+        ema_update(target_encoder, raw_encoder, get_ema(it), fused=cfg.fused_ema)
     return loss.detach(), stats
 
 
-def step_flops(mcfg, grid, mask_budgets):
+def step_flops(mcfg, grid, mask_budgets, target=True, out_dim=None):
     """Model FLOPs of one JEPA step per clip (NOTES-perf 1.3), split (matmul, attention).
 
     One ViT forward over n tokens: F(n) = L * (2 n P + 4 n^2 d), P = (4 + 2r) d^2 matmul weights per block,
@@ -267,16 +290,17 @@ def step_flops(mcfg, grid, mask_budgets):
       target encoder, forward on N:           F(N; enc) + 2 N Pe            (Pe = 3 t p^2 d, patch embed)
       context encoder, per mask, fwd+bwd:     3 F(C_m; enc) + 4 N Pe        (patch embed: no input grad)
       predictor, per mask, fwd+bwd:           3 F(C_m + K_m; pred) + 6 (C_m + K_m) d d_p   (embed + proj)
-    Activation checkpointing recomputes one forward: hardware FLOPs, not counted here."""
+    Activation checkpointing recomputes one forward: hardware FLOPs, not counted here.
+    MAE (target=False, out_dim = pixels per tubelet): no target pass, the decoder projects to out_dim."""
     N = grid[0] * grid[1] * grid[2]
     d, dp, L, Lp = mcfg.dim, mcfg.pred_dim, mcfg.depth, mcfg.pred_depth
     P = 2 * d * d * 2 + 2 * d * int(d * mcfg.mlp_ratio)  # qkv 3d^2 + proj d^2 + fc1, fc2
     Pp = 4 * dp * dp + 2 * dp * int(dp * mcfg.mlp_ratio)
     Pe = mcfg.in_chans * mcfg.tubelet_size * mcfg.patch_size ** 2 * d
-    mm = L * 2 * N * P + 2 * N * Pe
-    att = L * 4 * N * N * d
+    mm = (L * 2 * N * P + 2 * N * Pe) if target else 0
+    att = L * 4 * N * N * d if target else 0
     for C, K in mask_budgets:
-        mm += 3 * L * 2 * C * P + 4 * N * Pe + 3 * Lp * 2 * (C + K) * Pp + 6 * (C + K) * d * dp
+        mm += 3 * L * 2 * C * P + 4 * N * Pe + 3 * Lp * 2 * (C + K) * Pp + 6 * (C * d + K * (out_dim or d)) * dp
         att += 3 * (L * 4 * C * C * d + Lp * 4 * (C + K) ** 2 * dp)
     return mm, att
 
@@ -292,7 +316,10 @@ def peak_flops():
     return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key.replace(" ", "") in name.replace(" ", "")), None)
 
 
-flops_per_clip = sum(step_flops(mcfg, grid, budgets(grid)))
+mask_fn = (lambda keys, it: sample_tube_mask(grid, keys, cfg.seed)) if mae else \
+    (lambda keys, it: sample_masks(grid, keys, it, cfg.seed))
+flops_per_clip = sum(step_flops(mcfg, grid, [(c.shape[1], t.shape[1]) for c, t in mask_fn([0], 0)], target=not mae,
+                                out_dim=patch_dim if mae else None))
 
 # -----------------------------------------------------------------------------
 # benchmark mode: synthetic device tensors, warm-up (compile included), then timed steps
@@ -300,7 +327,7 @@ flops_per_clip = sum(step_flops(mcfg, grid, budgets(grid)))
 if cfg.bench:
     B = cfg.batch_size
     clips = torch.randn(B, 3, cfg.frames, cfg.crop, cfg.crop, device=device)
-    masks = [(c.to(device), t.to(device)) for c, t in sample_masks(grid, list(range(B)), 0, cfg.seed)]
+    masks = [(c.to(device), t.to(device)) for c, t in mask_fn(list(range(B)), 0)]
     t0 = time.perf_counter()
     for i in range(3):  # warm-up: compile, cudnn autotune, allocator
         train_step(clips, masks, i)
@@ -322,7 +349,7 @@ if cfg.bench:
     peak = peak_flops()
     mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device_type == "cuda" else "n/a"
     mfu = f"{100 * flops_per_clip * B / dt / peak:.1f} %" if peak else "n/a"
-    print(f"bench | {name} | {cfg.model} {cfg.frames}x{cfg.crop}^2 batch {B} {cfg.dtype} compile={cfg.compile} "
+    print(f"bench | {name} | {cfg.objective} {cfg.model} {cfg.frames}x{cfg.crop}^2 batch {B} {cfg.dtype} compile={cfg.compile} "
           f"grad_ckpt={cfg.grad_ckpt}")
     print(f"bench | warm-up {warm_s:.1f} s | {dt * 1e3:.1f} ms/step | {B / dt:.1f} clips/s | peak mem {mem} | "
           f"{flops_per_clip / 1e12:.3f} TFLOP/clip (model) | {flops_per_clip * B / dt / 1e12:.2f} TFLOP/s | MFU {mfu}")
@@ -365,11 +392,11 @@ class StepBatches(torch.utils.data.Sampler):
 
 global_batch = cfg.batch_size * world_size
 try:  # fail now, in one line, if this clip geometry cannot meet the mask budgets (tiny crops)
-    sample_masks(grid, list(range(cfg.batch_size)), 0, cfg.seed)
+    mask_fn(list(range(cfg.batch_size)), 0)
 except RuntimeError as e:
     fail(str(e))
 loader = torch.utils.data.DataLoader(
-    Keyed(), batch_sampler=StepBatches(step), collate_fn=MaskCollator(grid, global_batch, cfg.seed),
+    Keyed(), batch_sampler=StepBatches(step), collate_fn=MaskCollator(grid, global_batch, cfg.seed, cfg.objective),
     num_workers=cfg.num_workers, pin_memory=device_type == "cuda", persistent_workers=cfg.num_workers > 0,
     prefetch_factor=4 if cfg.num_workers > 0 else None)
 
@@ -379,7 +406,7 @@ def save_checkpoint(it, loss):
     if not all(torch.isfinite(p).all() for p in raw_encoder.parameters()):  # never overwrite a good one with NaNs
         fail(f"encoder weights became NaN/inf before step {it}; stopping. {ckpt_path} (if any) was kept")
     ckpt = dict(encoder=raw_encoder.state_dict(), predictor=raw_predictor.state_dict(),
-                target_encoder=(target_encoder._orig_mod if cfg.compile else target_encoder).state_dict(),
+                target_encoder=(raw_encoder if mae else getattr(target_encoder, "_orig_mod", target_encoder)).state_dict(),
                 opt=opt.state_dict(), step=it, itr=it, epoch=it * global_batch // max(1, len(dataset)),
                 loss=loss, batch_size=cfg.batch_size, world_size=world_size, lr=get_lr(max(0, it - 1)),
                 config=asdict(cfg))
@@ -398,8 +425,8 @@ signal.signal(signal.SIGINT, lambda sig, frame: stop_signal.append(sig))
 
 if master_process:
     n_enc, n_pred = sum(p.numel() for p in raw_encoder.parameters()), sum(p.numel() for p in raw_predictor.parameters())
-    print(f"{cfg.model}: encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params | grid {grid} | "
-          f"masks (ctx, tgt) {budgets(grid)} | {cfg.dtype} on {device} x{world_size} | data {cfg.data} "
+    print(f"{cfg.objective} {cfg.model}: encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params | grid {grid} | "
+          f"masks (ctx, tgt) {[(c.shape[1], t.shape[1]) for c, t in mask_fn([0], 0)]} | {cfg.dtype} on {device} x{world_size} | data {cfg.data} "
           f"({len(dataset)} videos) | {flops_per_clip / 1e9:.1f} GFLOP/clip")
     log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
     log_file.write(f"config {asdict(cfg)}\n")
@@ -426,10 +453,12 @@ while step < cfg.steps:
     pbar.update(1)
 
     stop = bool(stop_signal)
-    if ddp and stop_signal is not None:  # every rank must agree to stop at the same step boundary
-        flag = torch.tensor(float(stop), device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        stop = flag.item() > 0
+    if ddp:  # all ranks must stop at the same step: agree at log steps, where we sync anyway (no per-step sync)
+        stop = False
+        if step % cfg.log_interval == 0:
+            flag = torch.tensor(float(bool(stop_signal)), device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = flag.item() > 0
     last = step == cfg.steps or stop
     if step % cfg.log_interval == 0 or step % cfg.ckpt_interval == 0 or last:
         vals = torch.cat([loss_acc.view(1), stats_acc]) / n_acc

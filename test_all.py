@@ -344,6 +344,40 @@ def test_train_steps_lower_loss():
     assert not torch.equal(ns["target_encoder"].norm.weight, ns["encoder"].norm.weight)
 
 
+def test_fast_path_fallbacks_agree():
+    """Each speed flag against its fallback: fused vs loop AdamW, activation checkpointing vs plain backward,
+    bf16 autocast vs fp32 (the SDPA and fused-EMA fallbacks have their own tests above)."""
+    ns, clips, mk = _jepa_setup()
+    enc, pred = ns["encoder"], ns["predictor"]
+    loss, _ = ns["jepa_loss"](clips, mk)
+    loss.backward()
+    g_plain = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad(), pred.zero_grad()
+    enc.grad_checkpointing = pred.grad_checkpointing = True
+    loss2, _ = ns["jepa_loss"](clips, mk)
+    loss2.backward()
+    assert torch.equal(loss, loss2)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(g_plain, enc.parameters()))
+    with torch.no_grad():
+        ref = enc(clips[:1], mk[0][0][:1])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = enc(clips[:1], mk[0][0][:1])
+    assert low.dtype == torch.bfloat16 and (low.float() - ref).abs().mean() < 0.05 * ref.abs().mean()
+    ps = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    outs = []
+    for fused in (True, False):
+        q = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+        for a, b in zip(q, ps):
+            a.grad = b.grad.clone()
+        opt = torch.optim.AdamW(q, lr=1e-2, weight_decay=0.04, fused=fused or None)
+        for _ in range(3):
+            opt.step()
+        outs.append(q)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*outs))
+
+
 def test_flop_formula_matches_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
     ns, clips, mk = _jepa_setup()
