@@ -87,7 +87,8 @@ def fan_geometry(size, half_angle_deg, depth_pct):
     base = r0 * NT + t0
     idx = np.stack([base, base + 1, base + NT, base + NT + 1])  # (4, P) flat polar indices
     w = np.stack([(1 - fr) * (1 - ft), (1 - fr) * ft, fr * (1 - ft), fr * ft])  # (4, P)
-    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x.ravel()[inside], y=y.ravel()[inside], r=r.ravel()[inside])
+    x, y, r = x.ravel()[inside], y.ravel()[inside], r.ravel()[inside]
+    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x, y=y, r=r)
 
 
 def contraction(phase, systole):
@@ -99,8 +100,8 @@ def contraction(phase, systole):
 
 def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
     """Per-patient parameters and labels, shared by every view and clip of one synthetic study (cheap: no pixels)."""
-    rng = np.random.default_rng([seed, index, domain == "pediatric"])
     ped = domain == "pediatric"
+    rng = np.random.default_rng([seed, index, ped])
     ef = float(np.clip(rng.normal(61.0, 10.4) if ped else rng.normal(55.8, 12.4), 10, 85)) if ef is None else ef
     rvsp = float(np.clip(18 + rng.gamma(2.0, 7.0), 15, 90)) if rvsp is None else rvsp
     size = (0.5 if ped else 1.0) * rng.normal(1, 0.06)  # heart size relative to the nominal adult (4.5 cm half-length)
@@ -125,14 +126,14 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
     pat = synth_patient(seed, index, domain, ef, rvsp)
     if view is None:  # a random view, chosen so that synth_video(s, i) == synth_video(s, i, <that view>)
         view = VIEWS[np.random.default_rng([seed, index, 7]).integers(len(VIEWS))]
-    view_id = VIEWS.index(view)
-    rng = np.random.default_rng([seed, index, domain == "pediatric", view_id, clip])
+    view_id, ped = VIEWS.index(view), domain == "pediatric"
+    rng = np.random.default_rng([seed, index, ped, view_id, clip])
     geo = fan_geometry(size, int(rng.integers(38, 46)), int(rng.integers(90, 97)))
-    depth = rng.uniform(7, 9) if domain == "pediatric" else rng.uniform(14, 17)  # cm imaged, varies per clip
+    depth = rng.uniform(7, 9) if ped else rng.uniform(14, 17)  # cm imaged, varies per clip
     scale, tilt = 15 / depth * pat["size"], rng.normal(0, 0.06)  # layout scale, probe rotation about the apex
     shift = rng.normal(0, 0.025, 2)
     frame_idx, inverse = np.unique(np.arange(frames) if frame_idx is None else frame_idx, return_inverse=True)
-    rho, att, gain = rng.uniform(0.9, 0.98), rng.uniform(*(0.3, 0.6) if domain == "pediatric" else (0.6, 1.0)), rng.normal(0, 2)
+    rho, att, gain = rng.uniform(0.9, 0.98), rng.uniform(0.3, 0.6) if ped else rng.uniform(0.6, 1.0), rng.normal(0, 2)
     all_phase = (np.arange(frames) / fps * pat["hr"] / 60 + rng.random()) % 1
     s_all = contraction(all_phase, pat["systole"])
     s = s_all[frame_idx][:, None]  # (T, 1) contraction per rendered frame
@@ -161,8 +162,7 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
         ux, uy = math.sin(psi), math.cos(psi)  # long-axis direction
         along0, across = (x - cx) * ux + (y - cy) * uy, (x - cx) * uy - (y - cy) * ux  # (P,)
         along = along0 - (a - a[:1] if kind == "lv" else 0)  # LV: apex stays put, the base moves (T, P)
-        if kind == "lv" and view == "A4C":
-            lv_px = (cx, cy, ux, uy)
+        lv_px = (cx, cy, ux, uy) if kind == "lv" else lv_px
         for extra, level in ((wall + 0.015 * scale, "pericardium"), (wall, "wall"), (0, "blood")):
             if level == "pericardium" and kind not in ("lv", "lvsax"):
                 continue
@@ -235,8 +235,7 @@ def read_video(path, pick=None):
                 video = [to_gray(f) for f in container.decode(stream)]
                 if not video:
                     raise BadVideo(f"{path}: no frames")
-                video = np.stack(video)
-                return (video, fps) if pick is None else (video[pick(len(video), fps)], fps)
+                return np.stack(video)[... if pick is None else pick(len(video), fps)], fps
             idx = pick(n, fps)
             want, got = set(idx.ravel().tolist()), {}
             intra = stream.codec_context.codec.intra_only  # every packet is a whole frame: decode only those wanted
@@ -335,6 +334,20 @@ def zscore(y, stats, inverse=False):
 # -----------------------------------------------------------------------------
 # readers: each returns rows (sources, label, study, name); a source is a path, None (MISS) or a synthetic tuple
 
+def check_row(where, label_text, paths, integer=False):
+    """The label as int (class id) or float, after checking it and that the videos exist: errors name file:line."""
+    try:
+        label = float(label_text)
+    except (TypeError, ValueError):
+        label = math.nan
+    if not math.isfinite(label) or (integer and (label < 0 or label != int(label))):
+        raise ValueError(f"{where}: label {label_text!r} is missing, NaN or not a {'class id' if integer else 'number'}")
+    for p in paths:
+        if p is not None and not os.path.exists(p):
+            raise FileNotFoundError(f"{where}: video not found: {p}")
+    return int(label) if integer else label
+
+
 def read_csv_rows(path, multiview=False, integer=False):
     """V-JEPA CSV `<path> <label>` or multi-view CSV `<view0> ... <viewV-1> <label>` (MISS = missing view):
     space-delimited, no header; relative paths are relative to the CSV. Errors name the file and line."""
@@ -346,28 +359,14 @@ def read_csv_rows(path, multiview=False, integer=False):
             fields = line.split()
             if not fields:
                 continue
-            where = f"{path}:{line_no}"
-            if multiview and len(fields) < 3:
-                raise ValueError(f"{where}: the multi-view task needs `<view0> <view1> ... <label>`, got "
-                                 f"{len(fields)} columns (a single-view CSV has no study of several views)")
-            if not multiview and len(fields) != 2:
-                raise ValueError(f"{where}: expected 2 space-separated columns `<path> <label>`, got {len(fields)}")
-            if ncols is not None and len(fields) != ncols:
-                raise ValueError(f"{where}: {len(fields)} columns, but earlier lines have {ncols}")
-            ncols = len(fields)
-            try:
-                label = float(fields[-1])
-            except ValueError:
-                raise ValueError(f"{where}: label {fields[-1]!r} is not a number") from None
-            if not math.isfinite(label) or (integer and (label < 0 or label != int(label))):
-                raise ValueError(f"{where}: bad label {fields[-1]!r} (NaN/inf, or not a class id)")
+            where, ncols = f"{path}:{line_no}", ncols or len(fields)
+            if (len(fields) < 3 if multiview else len(fields) != 2) or len(fields) != ncols:
+                raise ValueError(f"{where}: expected " + ("`<view0> <view1> ... <label>` (multi-view)" if multiview
+                                 else "`<path> <label>`") + f", got {len(fields)} space-separated columns")
             paths = tuple(None if p == "MISS" else os.path.join(os.path.dirname(path), p) for p in fields[:-1])
-            for p in paths:
-                if p is not None and not os.path.exists(p):
-                    raise FileNotFoundError(f"{where}: video not found: {p}")
             if all(p is None for p in paths):
                 raise ValueError(f"{where}: every view is MISS")
-            rows.append((paths, int(label) if integer else label, fields[0], os.path.basename(fields[0])))
+            rows.append((paths, check_row(where, fields[-1], paths, integer), fields[0], os.path.basename(fields[0])))
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
@@ -394,16 +393,9 @@ def read_echonet(folder, split, fold=None):
                 s = "TRAIN" if fold is None or k > 1 else ("TEST", "VAL")[k]
             elif s not in ("TRAIN", "VAL", "TEST"):
                 raise ValueError(f"{where}: unknown Split {r['Split']!r} (expected TRAIN, VAL, TEST or a fold 0-9)")
-            try:
-                ef = float(r["EF"])
-            except (TypeError, ValueError):
-                ef = math.nan
-            if not math.isfinite(ef):
-                raise ValueError(f"{where}: EF is missing or NaN ({r['EF']!r})")
             name = r["FileName"]
             video = os.path.join(folder, "Videos", name if name.lower().endswith(".avi") else name + ".avi")
-            if not os.path.exists(video):
-                raise FileNotFoundError(f"{where}: video not found: {video}")
+            ef = check_row(where, r["EF"], [video])
             if s == ("TRAIN" if split == "pretrain" else split.upper()):
                 rows.append(((video,), ef, name, name))
     if not rows:
@@ -495,9 +487,9 @@ def find_rows(data, task, split, fold=None):
     (written by this script) or an EchoNet FileList.csv (EF labels only; pretrain: `pretrain.csv` or FileList)."""
     multiview, integer = task == "rvsp", task == "view"
     if os.path.isdir(data):
-        for name in (f"{task}_{split}.csv",) if task != "pretrain" else ("pretrain.csv",):
-            if os.path.isfile(os.path.join(data, name)):
-                return read_csv_rows(os.path.join(data, name), multiview, integer)
+        name = os.path.join(data, "pretrain.csv" if task == "pretrain" else f"{task}_{split}.csv")
+        if os.path.isfile(name):
+            return read_csv_rows(name, multiview, integer)
         if not os.path.isfile(os.path.join(data, "FileList.csv")):
             raise FileNotFoundError(f"{data}: no {task}_{split}.csv and no FileList.csv (EchoNet layout)")
         if task not in ("lvef", "pretrain"):
@@ -540,13 +532,6 @@ def render_to_disk(job):
     return labels
 
 
-def write_table(path, rows, header=None):
-    """EchoNet tables are comma-separated with a header; V-JEPA CSVs space-separated without one."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f, delimiter="," if header else " ")
-        writer.writerows(([header] if header else []) + rows)
-
-
 def write_dataset(out, n, seed=0, frames=SYNTH_FRAMES, n_pediatric=None, workers=1):
     """n synthetic patients with every view, in EchoNet-Dynamic layout (A4C: FileList.csv, VolumeTracings.csv,
     Videos/) plus V-JEPA CSVs (pretrain.csv, {view,lvef,rvsp}_{train,val,test}.csv) and an EchoNet-Pediatric
@@ -556,39 +541,33 @@ def write_dataset(out, n, seed=0, frames=SYNTH_FRAMES, n_pediatric=None, workers
     os.makedirs(os.path.join(out, "Videos"), exist_ok=True)
     jobs = [(out, seed, i, v, "adult", frames) for i in range(n) for v in VIEWS]
     jobs += [(out, seed, i, "A4C", "pediatric", frames) for i in range(n_pediatric)]
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
-    done = tqdm((pool.imap if pool else map)(render_to_disk, jobs), total=len(jobs), desc=f"writing {out}", disable=None)
-    videos = {(lab["domain"], lab["study"], lab["view"]): lab for lab in done}
-    if pool:
-        pool.close()
-    files, tracings, pretrain, csvs = [], [], [], {}
+    with multiprocessing.Pool(workers) as pool:
+        done = tqdm(pool.imap(render_to_disk, jobs, 4), total=len(jobs), desc=f"writing {out}", disable=None)
+        videos = {(lab["domain"], lab["study"], lab["view"]): lab for lab in done}
+    tables = {"FileList.csv": ["FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split".split(",")],
+              "VolumeTracings.csv": ["FileName,X1,Y1,X2,Y2,Frame".split(",")],
+              "pediatric/FileList.csv": ["FileName,EF,Sex,Age,Weight,Height,Split".split(",")], "pretrain.csv": []}
     for i in range(n):
-        study, split = f"S{i:06d}", (("TRAIN",) * 6 + ("VAL", "TEST"))[i % 8]
-        labs = {v: videos["adult", study, v] for v in VIEWS}
-        a4c = labs["A4C"]
-        name = os.path.basename(a4c["file"])[:-4]  # EchoNet-Dynamic: FileName without .avi
-        files.append([name, round(a4c["EF"], 3), round(a4c["ESV"], 3), round(a4c["EDV"], 3), 112, 112, SYNTH_FPS,
-                      frames, split])
-        tracings += [[name + ".avi", *(round(float(c), 2) for c in row[:4]), row[4]] for row in a4c.get("tracings", [])]
-        pretrain += [[lab["file"], 0] for lab in labs.values()]
-        csvs.setdefault(f"view_{split.lower()}.csv", []).extend([lab["file"], lab["view_id"]] for lab in labs.values())
-        csvs.setdefault(f"lvef_{split.lower()}.csv", []).append([a4c["file"], round(a4c["EF"], 3)])
+        split = (("TRAIN",) * 6 + ("VAL", "TEST"))[i % 8]
+        labs = {v: videos["adult", f"S{i:06d}", v] for v in VIEWS}
+        a4c, name = labs["A4C"], f"S{i:06d}_A4C"  # EchoNet-Dynamic: FileName without .avi
+        tables["FileList.csv"].append([name, *(round(a4c[k], 3) for k in ("EF", "ESV", "EDV")), 112, 112,
+                                       SYNTH_FPS, frames, split])
+        tables["VolumeTracings.csv"] += [[name + ".avi", *(round(float(c), 2) for c in row[:4]), row[4]]
+                                         for row in a4c.get("tracings", [])]  # none if no ED -> ES in the video
+        tables["pretrain.csv"] += [[lab["file"], 0] for lab in labs.values()]
+        tables.setdefault(f"view_{split.lower()}.csv", []).extend([lab["file"], lab["view_id"]] for lab in labs.values())
+        tables.setdefault(f"lvef_{split.lower()}.csv", []).append([a4c["file"], round(a4c["EF"], 3)])
         missing = synth_patient(seed, i)["missing"]
-        csvs.setdefault(f"rvsp_{split.lower()}.csv", []).append(
+        tables.setdefault(f"rvsp_{split.lower()}.csv", []).append(
             ["MISS" if v == missing else labs[v]["file"] for v in RVSP_VIEWS] + [round(a4c["rvsp"], 2)])
-    write_table(os.path.join(out, "FileList.csv"), files,
-                "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split".split(","))
-    write_table(os.path.join(out, "VolumeTracings.csv"), tracings, "FileName,X1,Y1,X2,Y2,Frame".split(","))
-    write_table(os.path.join(out, "pretrain.csv"), pretrain)
-    for name, rows in csvs.items():
-        write_table(os.path.join(out, name), rows)
-    peds = []
-    for i in range(n_pediatric):
-        lab, rng = videos["pediatric", f"P{i:06d}", "A4C"], np.random.default_rng([seed, i, 3])
-        age = rng.uniform(0.5, 18)  # Sex/Age/Weight/Height only fill the Pediatric columns
-        peds.append([os.path.basename(lab["file"]), round(lab["EF"], 3), "MF"[rng.integers(2)], round(age, 1),
-                     round(8 + 3 * age, 1), round(70 + 5.5 * age, 1), i % 10])
-    write_table(os.path.join(out, "pediatric", "FileList.csv"), peds, "FileName,EF,Sex,Age,Weight,Height,Split".split(","))
+    for i in range(n_pediatric):  # Sex/Age/Weight/Height only fill the Pediatric columns
+        ef, age = videos["pediatric", f"P{i:06d}", "A4C"]["EF"], 1 + (i * 0.618 % 1) * 17
+        tables["pediatric/FileList.csv"].append([f"P{i:06d}_A4C.avi", round(ef, 3), "MF"[i % 2], round(age, 1),
+                                                 round(8 + 3 * age, 1), round(70 + 5.5 * age, 1), i % 10])
+    for name, rows in tables.items():  # EchoNet tables: commas and a header; V-JEPA CSVs: spaces, no header
+        with open(os.path.join(out, name), "w", newline="") as f:
+            csv.writer(f, delimiter="," if name[0].isupper() or "/" in name else " ").writerows(rows)
 
 
 def preview(out, seed=0):

@@ -205,7 +205,7 @@ def test_data_bad_inputs():
         good = os.path.join(tmp, "echonet", "Videos", "v1.avi")
         header = "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split\n"
         for text, message in ((header + "v1,50,1,2,64,64,50,30,TRAINING\n", "FileList.csv:2: unknown Split"),
-                              (header + "v1,,1,2,64,64,50,30,TRAIN\n", "FileList.csv:2: EF is missing"),
+                              (header + "v1,,1,2,64,64,50,30,TRAIN\n", "FileList.csv:2: label '' is missing"),
                               (header + "v2,50,1,2,64,64,50,30,TRAIN\n", "FileList.csv:2: video not found"),
                               ("Name,EF\nv1,50\n", "FileList.csv:1: missing columns")):
             csv_file("echonet/FileList.csv", text)
