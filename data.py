@@ -119,7 +119,7 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
     view_id, ped = VIEWS.index(view), domain == "pediatric"
     rng = np.random.default_rng([seed, index, ped, view_id, clip])
     geo = fan_geometry(size, int(rng.integers(38, 46)), int(rng.integers(90, 97)))
-    depth = rng.uniform(7, 9) if ped else rng.uniform(14, 17)  # cm imaged, varies per clip
+    depth = rng.uniform(9, 11) if ped else rng.uniform(14, 17)  # cm imaged, varies per clip
     scale, tilt, shift = 15 / depth * pat["size"], rng.normal(0, 0.06), rng.normal(0, 0.025, 2)  # probe pose
     frame_idx, inverse = np.unique(np.arange(frames) if frame_idx is None else frame_idx, return_inverse=True)
     rho, att, gain = rng.uniform(0.9, 0.98), rng.uniform(0.3, 0.6) if ped else rng.uniform(0.6, 1.0), rng.normal(0, 2)
