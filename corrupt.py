@@ -38,6 +38,7 @@ def video_rng(seed, video_id):
 
 
 def check(kind, level):
+    """Index of the level (0, 1, 2); a ValueError naming the valid choices for an unknown kind or level."""
     if kind not in KINDS:
         raise ValueError(f"unknown corruption kind {kind!r}: choose one of {', '.join(KINDS)}")
     if level not in LEVELS:
