@@ -103,7 +103,7 @@ def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
     hr = rng.uniform(80, 140) if ped else rng.uniform(50, 110)
     missing = RVSP_VIEWS[rng.integers(len(RVSP_VIEWS))] if rng.random() < 0.15 else None
     return dict(EF=ef, EDV=edv, ESV=esv, rvsp=rvsp, hr=hr, systole=rng.uniform(0.35, 0.40), size=size,
-                lv=(a_ed, b_ed, a_es, b_es), wall=rng.uniform(0.9, 1.1), missing=missing,
+                lv=(a_ed, b_ed, a_es, b_es), myo=rng.uniform(0.9, 1.1), missing=missing,
                 study=f"{'P' if ped else 'S'}{index:06d}", domain=domain)
 
 
@@ -129,10 +129,10 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
     fill = np.clip((phase - systole) / 0.25, 0, 1)
     s_all = np.where(phase < systole, 0.5 * (1 - np.cos(np.pi * phase / systole)), 0.5 * (1 + np.cos(np.pi * fill)))
     s = s_all[frame_idx][:, None]  # (T, 1) for the rendered frames
-    rv_load = np.clip((pat["rvsp"] - 25) / 40, 0, 1.5)  # pressure overload: RV/RA dilate, septum flattens
+    rv_load = np.clip((pat["rvsp"] - 15) / 45, 0, 1.7)  # pressure load: RV/RA dilate, septum flattens
     a_ed, b_ed, a_es, b_es = (v / depth for v in pat["lv"])
     la, lb = a_ed + (a_es - a_ed) * s, b_ed + (b_es - b_ed) * s  # (T, 1) LV half-axes, depth units
-    myo = math.pi * ((a_ed + 0.065 * scale) * (b_ed + 0.065 * scale) - a_ed * b_ed) * pat["wall"]
+    myo = math.pi * ((a_ed + 0.065 * scale) * (b_ed + 0.065 * scale) - a_ed * b_ed) * pat["myo"]  # wall area
     h = (-(la + lb) + np.sqrt((la + lb) ** 2 + 4 * myo / math.pi)) / 2  # wall thickens: myocardial area constant
 
     # anatomy: backscatter in dB for every in-sector pixel of every frame, (T, P)
@@ -182,7 +182,7 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
         es = ed[0] + int(np.argmax(s_all[ed[0]:ed[0] + systole_frames]))  # the frame closest to s = 1
         axes = [(f, a_ed + (a_es - a_ed) * s_all[f], b_ed + (b_es - b_ed) * s_all[f]) for f in (ed[0], es)]
         labels.update(ed_frame=int(ed[0]), es_frame=int(es), tracings=lv_tracings(lv_px, a_ed, axes, geo, size))
-    return out.reshape(-1, size, size)[inverse], labels
+    return out.reshape(-1, size, size)[inverse], labels  # (T, size, size) in the order of frame_idx
 
 
 def lv_tracings(lv, a_ed, axes, geo, size):
@@ -208,7 +208,7 @@ def to_gray(frame):
     if frame.format.name not in ("yuvj420p", "yuvj422p", "yuvj444p", "gray"):
         return frame.to_ndarray(format="gray")
     plane = frame.planes[0]
-    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width].copy()
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width].copy()  # rows padded
 
 def read_video(path, pick=None):
     """Decode a video to grey uint8 (T, H, W) and its fps. pick(n_frames, fps) -> int array of the frame indices
@@ -435,7 +435,7 @@ class EchoDataset(torch.utils.data.Dataset):
         seed, index, view, domain, clip = source  # synthetic: long enough for any clip at this fps
         idx = pick(max(SYNTH_FRAMES, self.frames * int(SYNTH_FPS // self.fps)), SYNTH_FPS)
         video, _ = synth_video(seed, index, view, domain, frames=idx.max() + 1, clip=clip, frame_idx=idx.ravel())
-        return video.reshape(idx.shape + video.shape[1:])
+        return video.reshape(idx.shape + video.shape[1:])  # (num_clips, frames, H, W)
 
     def item(self, key):
         rng = np.random.default_rng([self.seed, key])
