@@ -13,7 +13,6 @@ import time
 import tempfile
 import traceback
 
-import av
 import numpy as np
 import torch
 
@@ -537,7 +536,8 @@ def test_corrupt_preview_png_decodes():
 # -----------------------------------------------------------------------------
 # data.py
 
-import data  # noqa: E402  (kept next to its tests so the sections of this file stay independent)
+import av  # noqa: E402  (imported next to the data tests, so each section of this file stands alone)
+import data  # noqa: E402
 
 
 def test_data_synth_realism():
@@ -558,10 +558,10 @@ def test_data_synth_realism():
 
 
 def test_data_synth_ef():
-    # EF measured on the rendered pixels: segment the dark LV cavity at the ED and ES frames (5x5 mean < 80, flood
+    # EF measured on the rendered pixels: segment the dark LV cavity at the ED and ES frames (3x3 mean < 80, flood
     # fill from the long-axis midpoint), area-length V = 8A^2/(3 pi L); also the disc method on the tracings
     errors, disc_errors = [], []
-    for i in range(10):
+    for i in range(12):
         labels = data.synth_video(0, i, "A4C", frame_idx=[0])[1]  # labels only (renders one frame)
         ed, es = labels["ed_frame"], labels["es_frame"]
         video, _ = data.synth_video(0, i, "A4C", frame_idx=[ed, es])
@@ -574,7 +574,7 @@ def test_data_synth_ef():
             length = np.hypot(x2 - x1, y2 - y1)
             discs.append(sum(np.pi * (np.hypot(r[2] - r[0], r[3] - r[1]) / 2) ** 2 * length / 20 for r in rows[1:]))
             img = torch.tensor(video[k], dtype=torch.float32)[None, None]
-            dark = (torch.nn.functional.avg_pool2d(img, 5, 1, 2, count_include_pad=False)[0, 0] < 80)
+            dark = (torch.nn.functional.avg_pool2d(img, 3, 1, 1, count_include_pad=False)[0, 0] < 80)
             dark &= torch.tensor(sector[k])
             cavity = torch.zeros_like(dark)
             cavity[round((y1 + y2) / 2), round((x1 + x2) / 2)] = True
@@ -590,7 +590,7 @@ def test_data_synth_ef():
         disc_errors.append(100 * (1 - discs[1] / discs[0]) - labels["EF"])
     print(f"    EF error from pixels: MAE {np.mean(np.abs(errors)):.2f}, max {np.max(np.abs(errors)):.2f}; "
           f"from tracings: max {np.max(np.abs(disc_errors)):.2f}")
-    assert np.mean(np.abs(errors)) < 2 and np.max(np.abs(errors)) < 5 and np.max(np.abs(disc_errors)) < 1
+    assert np.mean(np.abs(errors)) < 1.5 and np.max(np.abs(errors)) < 3 and np.max(np.abs(disc_errors)) < 1
 
 
 def test_data_views_not_trivial():
@@ -654,7 +654,7 @@ def test_data_datasets_synthetic():
 
 def test_data_echonet_fixture():
     with tempfile.TemporaryDirectory() as tmp:
-        data.write_dataset(tmp, 8, frames=40, n_pediatric=10)
+        data.write_dataset(tmp, 8, frames=32, n_pediatric=10)
         with open(os.path.join(tmp, "FileList.csv")) as f:
             lines = f.read().splitlines()
         assert lines[0] == "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"
@@ -667,7 +667,7 @@ def test_data_echonet_fixture():
         with av.open(os.path.join(tmp, "Videos", name + ".avi")) as c:  # MJPG, 50 fps, grey in 3 channels
             s = c.streams.video[0]
             rgb = next(c.decode(s)).to_ndarray(format="rgb24").astype(int)
-            assert s.codec_tag == "MJPG" and s.average_rate == 50 and s.frames == 40
+            assert s.codec_tag == "MJPG" and s.average_rate == 50 and s.frames == 32
             assert np.abs(rgb - rgb[..., :1]).max() <= 2
         view = data.build_probe_dataset(tmp, "view", "train", 8, 64, 25, 0, num_clips=1)  # view_train.csv
         rvsp = data.build_probe_dataset(tmp, "rvsp", "test", 8, 64, 25, 0, num_clips=1)  # rvsp_test.csv
