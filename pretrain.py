@@ -318,6 +318,10 @@ def peak_flops():
 
 mask_fn = (lambda keys, it: sample_tube_mask(grid, keys, cfg.seed)) if mae else \
     (lambda keys, it: sample_masks(grid, keys, it, cfg.seed))
+try:  # fail now, in one line, if this clip geometry cannot meet the mask budgets (tiny crops)
+    mask_fn(list(range(cfg.batch_size)), 0)
+except RuntimeError as e:
+    fail(str(e))
 flops_per_clip = sum(step_flops(mcfg, grid, [(c.shape[1], t.shape[1]) for c, t in mask_fn([0], 0)], target=not mae,
                                 out_dim=patch_dim if mae else None))
 
@@ -391,10 +395,6 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 global_batch = cfg.batch_size * world_size
-try:  # fail now, in one line, if this clip geometry cannot meet the mask budgets (tiny crops)
-    mask_fn(list(range(cfg.batch_size)), 0)
-except RuntimeError as e:
-    fail(str(e))
 loader = torch.utils.data.DataLoader(
     Keyed(), batch_sampler=StepBatches(step), collate_fn=MaskCollator(grid, global_batch, cfg.seed, cfg.objective),
     num_workers=cfg.num_workers, pin_memory=device_type == "cuda", persistent_workers=cfg.num_workers > 0,

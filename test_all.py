@@ -299,9 +299,9 @@ def test_mask_fractions_16x224():
 
 def pretrain_namespace(**cfg_kw):
     c = dict(warmup=10, steps=100, cooldown=20, lr=1e-3, start_lr=1e-4, final_lr=1e-5, ema=(0.99, 1.0),
-             fused_ema=True)
+             fused_ema=True, objective="jepa")
     c.update(cfg_kw)
-    return script_functions("pretrain.py", ["get_lr", "get_ema", "jepa_loss", "train_step", "step_flops"],
+    return script_functions("pretrain.py", ["get_lr", "get_ema", "jepa_loss", "mae_loss", "train_step", "step_flops"],
                             cfg=types.SimpleNamespace(**c), torch=torch, F=F, ema_update=model.ema_update)
 
 
@@ -342,6 +342,21 @@ def test_train_steps_lower_loss():
     assert losses[-1] < 0.85 * losses[0], losses
     # the target encoder moved by EMA and is not the online encoder
     assert not torch.equal(ns["target_encoder"].norm.weight, ns["encoder"].norm.weight)
+
+
+def test_mae_baseline_steps_lower_loss():
+    """--objective mae: same encoder, 90 % tube mask, the predictor as pixel decoder, MSE on normalised pixels."""
+    ns, clips, _ = _jepa_setup()
+    ns["cfg"].objective = "mae"
+    ns["predictor"] = build_predictor(tiny_cfg(), out_dim=3 * 2 * 16 * 16)
+    params = list(ns["encoder"].parameters()) + list(ns["predictor"].parameters())
+    ns["opt"] = torch.optim.AdamW(params, lr=1e-3)
+    mk = masks.sample_tube_mask((2, 4, 4), [0, 1, 2, 3])
+    assert mk[0][0].shape == (4, 2 * 2) and mk[0][1].shape == (4, 2 * 14)  # round(10 % of 16) = 2 visible tubes
+    target_before = ns["target_encoder"].state_dict()["norm.weight"].clone()
+    losses = [ns["train_step"](clips, mk, i)[0].item() for i in range(30)]
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert torch.equal(ns["target_encoder"].state_dict()["norm.weight"], target_before)  # no EMA in MAE mode
 
 
 def test_fast_path_fallbacks_agree():
@@ -524,7 +539,7 @@ big = {{"w": torch.randn(20_000_000)}}  # 80 MB: each save takes long enough to 
 ns = script_functions("pretrain.py", ["save_checkpoint"], torch=torch, os=os, ckpt_path={os.path.join(d, 'ckpt.pt')!r},
     raw_encoder=torch.nn.Linear(2, 2), raw_predictor=torch.nn.Linear(2, 2), target_encoder=torch.nn.Linear(2, 2),
     opt=types.SimpleNamespace(state_dict=lambda: big), cfg=types.SimpleNamespace(compile=False, batch_size=1),
-    global_batch=1, dataset=[0], world_size=1, get_lr=lambda it: 0.0, asdict=lambda c: {{}}, fail=print)
+    global_batch=1, dataset=[0], world_size=1, mae=False, get_lr=lambda it: 0.0, asdict=lambda c: {{}}, fail=print)
 i = 0
 while True:
     ns["save_checkpoint"](i, 0.0); i += 1
