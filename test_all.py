@@ -833,9 +833,12 @@ def test_data_echonet_fixture():
         assert {t.split(",")[0] for t in tracings[1:]} <= {l.split(",")[0] + ".avi" for l in lines[1:]}
         with av.open(os.path.join(tmp, "Videos", name + ".avi")) as c:  # MJPG, 50 fps, grey in 3 channels
             s = c.streams.video[0]
-            rgb = next(c.decode(s)).to_ndarray(format="rgb24").astype(int)
+            frame = next(c.decode(s))
+            rgb = frame.to_ndarray(format="rgb24").astype(int)
             assert s.codec_tag == "MJPG" and s.average_rate == 50 and s.frames == 48
             assert np.abs(rgb - rgb[..., :1]).max() <= 2
+            gray = frame.to_ndarray(format="gray")  # read_video's luma-plane fast path must give exactly this
+            assert np.array_equal(data.read_video(os.path.join(tmp, "Videos", name + ".avi"))[0][0], gray)
         view = data.build_probe_dataset(tmp, "view", "train", 8, 64, 25, 0, num_clips=1)  # view_train.csv
         rvsp = data.build_probe_dataset(tmp, "rvsp", "test", 8, 64, 25, 0, num_clips=1)  # rvsp_test.csv
         assert view[0]["clips"].shape == (1, 3, 8, 64, 64) and rvsp[0]["clips"].shape[:2] == (3, 1)
