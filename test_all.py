@@ -468,13 +468,16 @@ def test_pretrain_run_and_checkpoint_roundtrip():
         with open(os.path.join(d, "garbage.pt"), "wb") as f:
             f.write(b"not a checkpoint" * 10)
         open(os.path.join(d, "afile"), "w").close()
+        open(os.path.join(d, "empty.csv"), "w").close()  # an empty split
         cases = [(["--model", "vitx"], "invalid choice"), (["--crop", "100"], "multiple of the 16"),
                  (["--frames", "15"], "must be even"), (["--init", os.path.join(d, "nope.pt")], "no such file"),
                  (["--init", os.path.join(d, "official.pt"), "--model", "vitt"], "shape mismatches"),
                  (["--init", os.path.join(d, "garbage.pt")], "cannot read"),
                  (["--crop", "32", "--frames", "2"], "cannot fit"),
                  (["--out_dir", os.path.join(d, "afile", "sub")], "not writable"),
-                 (["--resume", "--out_dir", os.path.join(d, "empty")], "no checkpoint")]
+                 (["--resume", "--out_dir", os.path.join(d, "empty")], "no checkpoint"),
+                 (["--data", os.path.join(d, "nope.csv")], "nope.csv"),
+                 (["--data", os.path.join(d, "empty.csv")], "no rows")]
         for args, want in cases:
             rc, out, err = run_script("pretrain.py", [*TINY_RUN, "--steps", "1", "--out_dir", os.path.join(d, "c"),
                                                       *args])
