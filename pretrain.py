@@ -168,8 +168,8 @@ if cfg.init and "target_encoder" in ckpt and not mae:
     except ValueError as e:
         fail(str(e))
     del ckpt
-for p in target_encoder.parameters() if not mae else []:
-    p.requires_grad_(False)
+if not mae:
+    target_encoder.requires_grad_(False)  # updated only by EMA
 for m in (encoder, predictor, target_encoder):
     for blk in m.modules():
         if hasattr(blk, "use_sdpa"):
