@@ -7,8 +7,7 @@ Data for nano-EchoJEPA: a synthetic echocardiography generator (the default data
 Synthetic echo (SPEC §6): complex Gaussian scatterers filtered by an anisotropic PSF on a polar (depth x angle)
 grid, AR(1) in time, scan-converted into a fan, times the anatomy's backscatter, log-compressed to uint8. The
 anatomy is a set of ellipses per view whose LV axes follow the cardiac cycle, so EF = (EDV - ESV)/EDV is exact.
-Real data (SPEC §5): V-JEPA CSVs (`<path> <label>`), multi-view CSVs (`<view0> ... <label>`, MISS = missing),
-EchoNet-Dynamic folders (FileList.csv + Videos/) and EchoNet-Pediatric folders (Split = fold 0-9).
+Real data (SPEC §5): V-JEPA and multi-view CSVs, EchoNet-Dynamic and EchoNet-Pediatric folders.
 """
 import argparse
 import csv
@@ -43,14 +42,14 @@ class BadVideo(ValueError):
 # Structures are painted in order (wall, then cavity), the LV last, so its cavity is never painted over and the
 # walls of later chambers form the septa. Nominal adult sizes; each clip jitters and scales them.
 LAYOUTS = {
-    "A4C": [("ra", -0.14, 0.84, 0.11, 0.10, -0.2), ("la", 0.15, 0.86, 0.11, 0.12, 0.15),
-            ("rv", -0.15, 0.44, 0.25, 0.09, -0.18), ("lv", 0.12, 0.45, 0.30, 0.13, 0.12)],
+    "A4C": [("ra", -0.16, 0.84, 0.11, 0.10, -0.2), ("la", 0.12, 0.86, 0.11, 0.12, 0.15),
+            ("rv", -0.18, 0.44, 0.25, 0.08, -0.18), ("lv", 0.085, 0.45, 0.30, 0.13, 0.12)],
     "A2C": [("la", 0.05, 0.86, 0.11, 0.13, 0.05), ("lv", 0.03, 0.45, 0.30, 0.13, 0.05)],
     "A3C": [("la", -0.04, 0.87, 0.10, 0.11, -0.1), ("ao", 0.17, 0.75, 0.14, 0.055, -0.9),
             ("lv", 0.02, 0.45, 0.30, 0.13, 0.02)],
-    "A5C": [("ra", -0.15, 0.84, 0.11, 0.10, -0.2), ("la", 0.16, 0.88, 0.10, 0.11, 0.15),
-            ("rv", -0.15, 0.44, 0.25, 0.09, -0.18), ("ao", 0.04, 0.78, 0.12, 0.05, -0.35),
-            ("lv", 0.12, 0.45, 0.30, 0.13, 0.12)],
+    "A5C": [("ra", -0.17, 0.84, 0.11, 0.10, -0.2), ("la", 0.13, 0.88, 0.10, 0.11, 0.15),
+            ("rv", -0.18, 0.44, 0.25, 0.08, -0.18), ("ao", 0.01, 0.78, 0.12, 0.05, -0.35),
+            ("lv", 0.085, 0.45, 0.30, 0.13, 0.12)],
     "PLAX": [("rv", 0.0, 0.25, 0.2, 0.07, 1.65), ("ao", 0.25, 0.45, 0.17, 0.06, 1.35),
              ("la", 0.26, 0.72, 0.11, 0.10, 1.4), ("lv", -0.06, 0.55, 0.30, 0.13, 1.62)],
     "PSAX": [("rv", -0.11, 0.41, 0.19, 0.07, 2.25), ("lvsax", 0.02, 0.55, 0.13, 0.13, 0.67)],
@@ -80,27 +79,19 @@ def fan_geometry(size, half_angle_deg, depth_pct):
     x, y = (j - (size - 1) / 2) / r_max, (i + 0.5) / r_max  # apex just above the top-centre pixel
     r, theta = np.hypot(x, y), np.arctan2(x, y)
     inside = np.flatnonzero((r <= 1) & (np.abs(theta) <= theta_max))
-    ri = r.ravel()[inside] * (NR - 1)
-    ti = (theta.ravel()[inside] / theta_max + 1) / 2 * (NT - 1)
+    x, y, r, theta = (v.ravel()[inside] for v in (x, y, r, theta))  # (P,) for the P in-sector pixels
+    ri, ti = r * (NR - 1), (theta / theta_max + 1) / 2 * (NT - 1)  # fractional polar grid coordinates
     r0, t0 = np.minimum(ri.astype(int), NR - 2), np.minimum(ti.astype(int), NT - 2)
     fr, ft = (ri - r0).astype(np.float32), (ti - t0).astype(np.float32)
-    base = r0 * NT + t0
-    idx = np.stack([base, base + 1, base + NT, base + NT + 1])  # (4, P) flat polar indices
-    w = np.stack([(1 - fr) * (1 - ft), (1 - fr) * ft, fr * (1 - ft), fr * ft])  # (4, P)
-    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x.ravel()[inside], y=y.ravel()[inside], r=r.ravel()[inside])
-
-
-def contraction(phase, systole):
-    """Contraction state s in [0, 1] (0 = end-diastole, 1 = end-systole) at cycle phase(s) in [0, 1):
-    cosine systole, cosine rapid filling over the next quarter cycle, then diastasis at s = 0 (NOTES-data §1.4)."""
-    fill = np.clip((phase - systole) / 0.25, 0, 1)
-    return np.where(phase < systole, 0.5 * (1 - np.cos(np.pi * phase / systole)), 0.5 * (1 + np.cos(np.pi * fill)))
+    idx = r0 * NT + t0 + np.array([0, 1, NT, NT + 1])[:, None]  # (4, P) flat polar indices of the neighbours
+    w = np.stack([(1 - fr) * (1 - ft), (1 - fr) * ft, fr * (1 - ft), fr * ft])  # (4, P) bilinear weights
+    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x, y=y, r=r)
 
 
 def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
     """Per-patient parameters and labels, shared by every view and clip of one synthetic study (cheap: no pixels)."""
-    rng = np.random.default_rng([seed, index, domain == "pediatric"])
     ped = domain == "pediatric"
+    rng = np.random.default_rng([seed, index, ped])
     ef = float(np.clip(rng.normal(61.0, 10.4) if ped else rng.normal(55.8, 12.4), 10, 85)) if ef is None else ef
     rvsp = float(np.clip(18 + rng.gamma(2.0, 7.0), 15, 90)) if rvsp is None else rvsp
     size = (0.5 if ped else 1.0) * rng.normal(1, 0.06)  # heart size relative to the nominal adult (4.5 cm half-length)
@@ -112,7 +103,7 @@ def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
     hr = rng.uniform(80, 140) if ped else rng.uniform(50, 110)
     missing = RVSP_VIEWS[rng.integers(len(RVSP_VIEWS))] if rng.random() < 0.15 else None
     return dict(EF=ef, EDV=edv, ESV=esv, rvsp=rvsp, hr=hr, systole=rng.uniform(0.35, 0.40), size=size,
-                lv=(a_ed, b_ed, a_es, b_es), wall=rng.uniform(0.9, 1.1), missing=missing,
+                lv=(a_ed, b_ed, a_es, b_es), myo=rng.uniform(0.9, 1.1), missing=missing,
                 study=f"{'P' if ped else 'S'}{index:06d}", domain=domain)
 
 
@@ -125,67 +116,64 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
     pat = synth_patient(seed, index, domain, ef, rvsp)
     if view is None:  # a random view, chosen so that synth_video(s, i) == synth_video(s, i, <that view>)
         view = VIEWS[np.random.default_rng([seed, index, 7]).integers(len(VIEWS))]
-    view_id = VIEWS.index(view)
-    rng = np.random.default_rng([seed, index, domain == "pediatric", view_id, clip])
-    geo = fan_geometry(size, int(rng.integers(35, 46)), int(rng.integers(92, 99)))
-    depth = rng.uniform(7, 9) if domain == "pediatric" else rng.uniform(14, 17)  # cm imaged, varies per clip
-    scale, tilt = 15 / depth * pat["size"], rng.normal(0, 0.06)  # layout scale, probe rotation about the apex
-    shift = rng.normal(0, 0.025, 2)
-    frame_idx = np.arange(frames) if frame_idx is None else np.asarray(frame_idx)
-    all_phase = (np.arange(frames) / fps * pat["hr"] / 60 + rng.random()) % 1
-    s_all = contraction(all_phase, pat["systole"])
-    s = s_all[frame_idx][:, None]  # (T, 1) contraction per rendered frame
-    rv_load = np.clip((pat["rvsp"] - 25) / 40, 0, 1.5)  # pressure overload: RV/RA dilate, septum flattens
+    view_id, ped = VIEWS.index(view), domain == "pediatric"
+    rng = np.random.default_rng([seed, index, ped, view_id, clip])
+    geo = fan_geometry(size, int(rng.integers(38, 46)), int(rng.integers(90, 97)))
+    depth = rng.uniform(9, 11) if ped else rng.uniform(14, 17)  # cm imaged, varies per clip
+    scale, tilt, shift = 15 / depth * pat["size"], rng.normal(0, 0.06), rng.normal(0, 0.025, 2)  # probe pose
+    frame_idx, inverse = np.unique(np.arange(frames) if frame_idx is None else frame_idx, return_inverse=True)
+    rho, att, gain = rng.uniform(0.9, 0.98), rng.uniform(0.3, 0.6) if ped else rng.uniform(0.6, 1.0), rng.normal(0, 2)
+    # contraction s in [0, 1] (0 = end-diastole, 1 = end-systole) over the cardiac phase in [0, 1): cosine systole,
+    # cosine rapid filling over the next quarter cycle, then diastasis at s = 0 (NOTES-data §1.4)
+    phase, systole = (np.arange(frames) / fps * pat["hr"] / 60 + rng.random()) % 1, pat["systole"]
+    fill = np.clip((phase - systole) / 0.25, 0, 1)
+    s_all = np.where(phase < systole, 0.5 * (1 - np.cos(np.pi * phase / systole)), 0.5 * (1 + np.cos(np.pi * fill)))
+    s = s_all[frame_idx][:, None]  # (T, 1) for the rendered frames
+    rv_load = np.clip((pat["rvsp"] - 15) / 45, 0, 1.7)  # pressure load: RV/RA dilate, septum flattens
     a_ed, b_ed, a_es, b_es = (v / depth for v in pat["lv"])
     la, lb = a_ed + (a_es - a_ed) * s, b_ed + (b_es - b_ed) * s  # (T, 1) LV half-axes, depth units
-    myo = math.pi * ((a_ed + 0.065 * scale) * (b_ed + 0.065 * scale) - a_ed * b_ed) * pat["wall"]
+    myo = math.pi * ((a_ed + 0.065 * scale) * (b_ed + 0.065 * scale) - a_ed * b_ed) * pat["myo"]  # wall area
     h = (-(la + lb) + np.sqrt((la + lb) ** 2 + 4 * myo / math.pi)) / 2  # wall thickens: myocardial area constant
 
     # anatomy: backscatter in dB for every in-sector pixel of every frame, (T, P)
-    x, y = geo["x"], geo["y"]
+    x, y, c, sn = geo["x"], geo["y"], math.cos(tilt), math.sin(tilt)
     db = np.full((len(frame_idx), len(x)), DB["tissue"], np.float32)
     lv_px = None
     for kind, cx, cy, a, b, psi in LAYOUTS[view]:
-        c, sn = math.cos(tilt), math.sin(tilt)
-        cx, cy = c * cx * scale + sn * cy * scale + shift[0], -sn * cx * scale + c * cy * scale + shift[1]
-        psi += tilt
+        cx, cy, psi = scale * (c * cx + sn * cy) + shift[0], scale * (c * cy - sn * cx) + shift[1], psi + tilt
         if kind in ("lv", "lvsax"):
             a, b, wall = (la, lb, h) if kind == "lv" else (lb * (1 - 0.25 * rv_load), lb, h)
         else:
             j = rng.uniform(0.9, 1.1, 2) * scale
-            grow = {"rv": (1 + 0.15 * rv_load - 0.08 * s, 1 + 0.5 * rv_load - 0.2 * s), "ra": (1 + 0.3 * rv_load,) * 2,
+            grow = {"rv": (1 + 0.15 * rv_load - 0.08 * s, 1 + 0.4 * rv_load - 0.2 * s), "ra": (1 + 0.3 * rv_load,) * 2,
                     "la": (1 + 0.12 * s,) * 2, "ao": (1 + 0.06 * s,) * 2}[kind]
             a, b = a * j[0] * grow[0], b * j[1] * grow[1]
             wall = 0.02 * scale * (1 + 0.8 * rv_load if kind == "rv" else 1)
         ux, uy = math.sin(psi), math.cos(psi)  # long-axis direction
         along0, across = (x - cx) * ux + (y - cy) * uy, (x - cx) * uy - (y - cy) * ux  # (P,)
-        along = along0 - (a - a[:1] if kind == "lv" else 0)  # LV: apex stays put, the base moves (T, P)
-        if kind == "lv" and view == "A4C":
-            lv_px = (cx, cy, ux, uy)
-        for extra, level in ((wall + 0.015 * scale, "pericardium"), (wall, "wall"), (0, "blood")):
-            if level == "pericardium" and kind not in ("lv", "lvsax"):
-                continue
-            q = (along / (a + extra)) ** 2 + across**2 / (b + extra) ** 2
+        along = along0 - (a - a_ed if kind == "lv" else 0)  # LV: the apex stays put, the base moves (T, P)
+        lv_px = (cx, cy, ux, uy) if kind == "lv" else lv_px
+        rims = ((wall + 0.015 * scale, "pericardium"),) if kind in ("lv", "lvsax") else ()  # brighter rim
+        for extra, level in rims + ((wall, "wall"), (0, "blood")):
+            q = (along / (a + extra)) ** 2 + across**2 / (b + extra) ** 2  # < 1 inside the ellipse, (T, P)
             np.copyto(db, DB[level], where=q < 1)
 
     # speckle: AR(1) in time on the polar grid (rho per 1/50 s), then bilinear scan conversion
     bank = speckle_bank()
     pick = rng.integers(0, [len(bank), bank.shape[1] - NR, bank.shape[2] - NT], (len(frame_idx), 3))
-    rho = rng.uniform(0.9, 0.98) ** (np.diff(frame_idx, prepend=frame_idx[0]) * SYNTH_FPS / fps)
+    rho = rho ** (np.diff(frame_idx, prepend=frame_idx[0]) * SYNTH_FPS / fps)  # correlation between rendered frames
     z = np.empty((len(frame_idx), NR * NT), np.complex64)
     for t, (k, i, j) in enumerate(pick):
         fresh = bank[k, i:i + NR, j:j + NT].ravel()
         z[t] = fresh if t == 0 else rho[t] * z[t - 1] + math.sqrt(1 - rho[t] ** 2) * fresh
     zc = sum(w * np.take(z, i, axis=1) for w, i in zip(geo["w"], geo["idx"]))  # (T, P) complex, still Gaussian
     power = zc.real**2 + zc.imag**2
-    att = rng.uniform(0.3, 0.6) if domain == "pediatric" else rng.uniform(0.6, 1.0)
-    db += (-8.686 * att * geo["r"] + 12 * np.exp(-geo["r"] / 0.06) + rng.normal(0, 2)).astype(np.float32)
+    db += (-8.686 * att * geo["r"] + 12 * np.exp(-geo["r"] / 0.06) + gain).astype(np.float32)  # TGC residual, clutter
     out = np.zeros((len(frame_idx), size * size), np.float32 if envelope else np.uint8)
     if envelope:  # amplitude = sqrt(backscatter power) x Rayleigh speckle
         out[:, geo["inside"]] = 10 ** (db / 20) * np.sqrt(power)
     else:  # log compression over a 50 dB dynamic range
-        dr = 50.0
-        out[:, geo["inside"]] = np.clip((db + 10 * np.log10(power + 1e-12) + dr) * (255 / dr), 0, 255)
+        out[:, geo["inside"]] = np.clip((db + 10 * np.log10(power + 1e-12) + 50) * (255 / 50), 0, 255)
     labels = dict(EF=pat["EF"], EDV=pat["EDV"], ESV=pat["ESV"], rvsp=pat["rvsp"], hr=pat["hr"], view=view,
                   view_id=view_id, study=pat["study"], domain=domain, fps=fps, frames=frames)
     ed = np.flatnonzero((s_all[:-1] == 0) & (s_all[1:] > 0))  # last diastasis frame before systole starts
@@ -194,26 +182,33 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
         es = ed[0] + int(np.argmax(s_all[ed[0]:ed[0] + systole_frames]))  # the frame closest to s = 1
         axes = [(f, a_ed + (a_es - a_ed) * s_all[f], b_ed + (b_es - b_ed) * s_all[f]) for f in (ed[0], es)]
         labels.update(ed_frame=int(ed[0]), es_frame=int(es), tracings=lv_tracings(lv_px, a_ed, axes, geo, size))
-    return out.reshape(-1, size, size), labels
+    return out.reshape(-1, size, size)[inverse], labels  # (T, size, size) in the order of frame_idx
 
 
 def lv_tracings(lv, a_ed, axes, geo, size):
     """EchoNet VolumeTracings rows (X1, Y1, X2, Y2, Frame) in pixels: per traced frame the LV long axis (apex to
     base), then 20 method-of-discs chords perpendicular to it (NOTES-data §3.1)."""
     cx, cy, ux, uy = lv
-    to_px = lambda px, py: (px * geo["r_max"] + (size - 1) / 2, py * geo["r_max"] - 0.5)
+    px = lambda x, y: (x * geo["r_max"] + (size - 1) / 2, y * geo["r_max"] - 0.5)  # depth units -> pixels
     rows = []
     for f, a, b in axes:
-        mx, my = cx + (a - a_ed) * ux, cy + (a - a_ed) * uy  # centre moves, apex stays
-        rows.append((*to_px(mx - a * ux, my - a * uy), *to_px(mx + a * ux, my + a * uy), f))
-        for p in -a + (np.arange(20) + 0.5) * a / 10:
-            w = b * math.sqrt(1 - (p / a) ** 2)
-            px, py = mx + p * ux, my + p * uy
-            rows.append((*to_px(px - w * uy, py + w * ux), *to_px(px + w * uy, py - w * ux), f))
+        mx, my = cx + (a - a_ed) * ux, cy + (a - a_ed) * uy  # the centre moves, the apex stays
+        rows.append((*px(mx - a * ux, my - a * uy), *px(mx + a * ux, my + a * uy), f))
+        for p in -a + (np.arange(20) + 0.5) * a / 10:  # disc centres along the axis; half-chord w
+            w, x, y = b * math.sqrt(1 - (p / a) ** 2), mx + p * ux, my + p * uy
+            rows.append((*px(x - w * uy, y + w * ux), *px(x + w * uy, y - w * ux), f))
     return rows
 
 # -----------------------------------------------------------------------------
 # video I/O (PyAV)
+
+def to_gray(frame):
+    """(H, W) uint8 grey of a decoded frame. For full-range YUV (MJPEG) and grey frames the luma plane is the grey
+    image, equal to to_ndarray(format="gray") but 3x faster per clip (no converter is built for every frame)."""
+    if frame.format.name not in ("yuvj420p", "yuvj422p", "yuvj444p", "gray"):
+        return frame.to_ndarray(format="gray")
+    plane = frame.planes[0]
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width].copy()  # rows padded
 
 def read_video(path, pick=None):
     """Decode a video to grey uint8 (T, H, W) and its fps. pick(n_frames, fps) -> int array of the frame indices
@@ -224,17 +219,17 @@ def read_video(path, pick=None):
             stream = container.streams.video[0]
             fps, n = float(stream.average_rate or SYNTH_FPS), stream.frames
             if pick is None or n <= 0:  # whole video (also when the container does not know its length, e.g. mkv)
-                video = [f.to_ndarray(format="gray") for f in container.decode(stream)]
+                video = [to_gray(f) for f in container.decode(stream)]
                 if not video:
                     raise BadVideo(f"{path}: no frames")
-                video = np.stack(video)
-                return (video, fps) if pick is None else (video[pick(len(video), fps)], fps)
+                return np.stack(video)[... if pick is None else pick(len(video), fps)], fps
             idx = pick(n, fps)
             want, got = set(idx.ravel().tolist()), {}
             intra = stream.codec_context.codec.intra_only  # every packet is a whole frame: decode only those wanted
-            for i, item in enumerate((p for p in container.demux(stream) if p.size) if intra else container.decode(stream)):
+            items = (p for p in container.demux(stream) if p.size) if intra else container.decode(stream)
+            for i, item in enumerate(items):
                 if i in want:
-                    got[i] = (item.decode()[0] if intra else item).to_ndarray(format="gray")
+                    got[i] = to_gray(item.decode()[0] if intra else item)
                 if len(got) == len(want):
                     break
     except (av.error.FFmpegError, IndexError, OSError) as e:
@@ -290,14 +285,9 @@ def pretrain_transform(video, crop, rng):
     """Random-resized-crop of the whole clip (one box for all frames) at scale [0.5, 1], aspect [0.9, 1.1], no flip:
     the narrow aspect range keeps the fan's shape and a flip would swap left and right heart (SPEC §5)."""
     T, H, W = video.shape
-    for _ in range(10):  # torchvision's RandomResizedCrop rule
-        area, ratio = H * W * rng.uniform(0.5, 1.0), math.exp(rng.uniform(math.log(0.9), math.log(1.1)))
-        w, h = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if 0 < w <= W and 0 < h <= H:
-            i, j = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
-            break
-    else:
-        i, j, h, w = 0, 0, H, W
+    area, ratio = H * W * rng.uniform(0.5, 1.0), math.exp(rng.uniform(math.log(0.9), math.log(1.1)))
+    w, h = min(W, round(math.sqrt(area * ratio))), min(H, round(math.sqrt(area / ratio)))  # clipped, not redrawn
+    i, j = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
     x = torch.from_numpy(np.ascontiguousarray(video[:, i:i + h, j:j + w])).float()[:, None]  # (T, 1, h, w)
     x = F.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False, antialias=True)
     return normalize(x[:, 0])
@@ -316,8 +306,7 @@ def eval_transform(video, crop):
 
 def zscore_stats(labels):
     """(mean, std) of regression targets; compute them on the TRAIN split and store them with the probe."""
-    y = np.asarray(labels, np.float64)
-    return float(y.mean()), float(y.std() + 1e-8)
+    return float(np.mean(labels)), float(np.std(labels) + 1e-8)
 
 
 def zscore(y, stats, inverse=False):
@@ -327,56 +316,51 @@ def zscore(y, stats, inverse=False):
 # -----------------------------------------------------------------------------
 # readers: each returns rows (sources, label, study, name); a source is a path, None (MISS) or a synthetic tuple
 
+def check_row(where, label_text, paths, integer=False):
+    """The label as int (class id) or float, after checking it and that the videos exist: errors name file:line."""
+    try:
+        label = float(label_text)
+    except (TypeError, ValueError):
+        label = math.nan
+    if not math.isfinite(label) or (integer and (label < 0 or label != int(label))):
+        raise ValueError(f"{where}: label {label_text!r} is missing, NaN or not a {'class id' if integer else 'value'}")
+    for p in paths:
+        if p is not None and not os.path.exists(p):
+            raise FileNotFoundError(f"{where}: video not found: {p}")
+    return int(label) if integer else label
+
+
 def read_csv_rows(path, multiview=False, integer=False):
     """V-JEPA CSV `<path> <label>` or multi-view CSV `<view0> ... <viewV-1> <label>` (MISS = missing view):
     space-delimited, no header; relative paths are relative to the CSV. Errors name the file and line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: CSV file not found")
     rows, ncols = [], None
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
                 continue
-            where = f"{path}:{line_no}"
-            if multiview and len(fields) < 3:
-                raise ValueError(f"{where}: the multi-view task needs `<view0> <view1> ... <label>`, got "
-                                 f"{len(fields)} columns (a single-view CSV has no study of several views)")
-            if not multiview and len(fields) != 2:
-                raise ValueError(f"{where}: expected 2 space-separated columns `<path> <label>`, got {len(fields)}")
-            if ncols is not None and len(fields) != ncols:
-                raise ValueError(f"{where}: {len(fields)} columns, but earlier lines have {ncols}")
-            ncols = len(fields)
-            try:
-                label = float(fields[-1])
-            except ValueError:
-                raise ValueError(f"{where}: label {fields[-1]!r} is not a number") from None
-            if not math.isfinite(label) or (integer and (label < 0 or label != int(label))):
-                raise ValueError(f"{where}: bad label {fields[-1]!r} (NaN/inf, or not a class id)")
+            where, ncols = f"{path}:{line_no}", ncols or len(fields)
+            if (len(fields) < 3 if multiview else len(fields) != 2) or len(fields) != ncols:
+                raise ValueError(f"{where}: expected " + ("`<view0> <view1> ... <label>` (multi-view)" if multiview
+                                 else "`<path> <label>`") + f", got {len(fields)} space-separated columns")
             paths = tuple(None if p == "MISS" else os.path.join(os.path.dirname(path), p) for p in fields[:-1])
-            for p in paths:
-                if p is not None and not os.path.exists(p):
-                    raise FileNotFoundError(f"{where}: video not found: {p}")
             if all(p is None for p in paths):
                 raise ValueError(f"{where}: every view is MISS")
-            rows.append((paths, int(label) if integer else label, fields[0], os.path.basename(fields[0])))
+            rows.append((paths, check_row(where, fields[-1], paths, integer), fields[0], os.path.basename(fields[0])))
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
 
 
 def read_echonet(folder, split, fold=None):
-    """EchoNet-Dynamic (Split TRAIN/VAL/TEST, FileName without .avi) or EchoNet-Pediatric (Split = fold 0-9,
-    FileName with .avi) folder: FileList.csv + Videos/. Pediatric folds: fold k is TEST, (k+1) % 10 VAL, the rest
-    TRAIN (the original cross-validation; EchoJEPA's 0-7/8/9 split is fold=9 with VAL and TEST swapped).
-    split='pretrain' takes the TRAIN rows, or every row of a pediatric list when no fold is given."""
-    path = os.path.join(folder, "FileList.csv")
-    rows = []
+    """EchoNet-Dynamic (Split TRAIN/VAL/TEST, FileName without .avi) or -Pediatric (Split = fold 0-9, FileName with
+    .avi) folder: FileList.csv + Videos/. fold k: TEST = k, VAL = (k+1) % 10, TRAIN = the rest (the original
+    cross-validation). split='pretrain': the TRAIN rows, or every row of a pediatric list when fold is None."""
+    path, rows = os.path.join(folder, "FileList.csv"), []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"FileName", "EF", "Split"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}:1: missing columns {sorted(missing)}; found {reader.fieldnames}")
+        if not {"FileName", "EF", "Split"} <= set(reader.fieldnames or []):
+            raise ValueError(f"{path}:1: missing columns, need FileName, EF, Split; found {reader.fieldnames}")
         for line_no, r in enumerate(reader, 2):
             where, s = f"{path}:{line_no}", (r["Split"] or "").strip().upper()
             if s.isdigit() and int(s) < 10:
@@ -386,16 +370,9 @@ def read_echonet(folder, split, fold=None):
                 s = "TRAIN" if fold is None or k > 1 else ("TEST", "VAL")[k]
             elif s not in ("TRAIN", "VAL", "TEST"):
                 raise ValueError(f"{where}: unknown Split {r['Split']!r} (expected TRAIN, VAL, TEST or a fold 0-9)")
-            try:
-                ef = float(r["EF"])
-            except (TypeError, ValueError):
-                ef = math.nan
-            if not math.isfinite(ef):
-                raise ValueError(f"{where}: EF is missing or NaN ({r['EF']!r})")
             name = r["FileName"]
             video = os.path.join(folder, "Videos", name if name.lower().endswith(".avi") else name + ".avi")
-            if not os.path.exists(video):
-                raise FileNotFoundError(f"{where}: video not found: {video}")
+            ef = check_row(where, r["EF"], [video])
             if s == ("TRAIN" if split == "pretrain" else split.upper()):
                 rows.append(((video,), ef, name, name))
     if not rows:
@@ -432,9 +409,8 @@ class EchoDataset(torch.utils.data.Dataset):
 
     def __init__(self, rows, frames, crop, fps, seed, pretrain, num_clips=1, multiview=False):
         self.rows, self.frames, self.crop, self.fps, self.seed = rows, frames, crop, fps, seed
-        self.pretrain, self.num_clips, self.multiview = pretrain, num_clips, multiview
+        self.pretrain, self.num_clips, self.multiview, self.num_classes = pretrain, num_clips, multiview, None
         self.labels = [r[1] for r in rows] if rows else []
-        self.num_classes = None
         self.n_skipped, self.skipped = multiprocessing.Value("i", 0), []
 
     def __len__(self):
@@ -445,11 +421,10 @@ class EchoDataset(torch.utils.data.Dataset):
             try:
                 return self.item(key + attempt)
             except BadVideo as e:
-                with self.n_skipped.get_lock():
+                with self.n_skipped.get_lock():  # one count across DataLoader workers
                     self.n_skipped.value += 1
-                    count = self.n_skipped.value
+                    print(f"skip {self.n_skipped.value} bad videos so far: {e}", flush=True)
                 self.skipped.append(str(e))
-                print(f"skip {count} bad videos so far: {e}", flush=True)
         raise RuntimeError(f"20 bad videos in a row from key {key}: is the data readable at all?")
 
     def load(self, source, num_clips, rng):
@@ -460,13 +435,12 @@ class EchoDataset(torch.utils.data.Dataset):
         seed, index, view, domain, clip = source  # synthetic: long enough for any clip at this fps
         idx = pick(max(SYNTH_FRAMES, self.frames * int(SYNTH_FPS // self.fps)), SYNTH_FPS)
         video, _ = synth_video(seed, index, view, domain, frames=idx.max() + 1, clip=clip, frame_idx=idx.ravel())
-        return video.reshape(idx.shape + video.shape[1:])
+        return video.reshape(idx.shape + video.shape[1:])  # (num_clips, frames, H, W)
 
     def item(self, key):
         rng = np.random.default_rng([self.seed, key])
-        if not self.rows:
-            return pretrain_transform(self.load((self.seed, key, None, "adult", 0), 1, rng)[0], self.crop, rng)
-        sources, label, study, name = self.rows[key % len(self.rows)]
+        synthetic = ((self.seed, key, None, "adult", 0),), 0.0, "", ""  # the endless stream: patient = key
+        sources, label, study, name = self.rows[key % len(self.rows)] if self.rows else synthetic
         if self.pretrain:
             return pretrain_transform(self.load(sources[0], 1, rng)[0], self.crop, rng)
         zeros = torch.zeros(self.num_clips, 3, self.frames, self.crop, self.crop)
@@ -487,9 +461,9 @@ def find_rows(data, task, split, fold=None):
     (written by this script) or an EchoNet FileList.csv (EF labels only; pretrain: `pretrain.csv` or FileList)."""
     multiview, integer = task == "rvsp", task == "view"
     if os.path.isdir(data):
-        for name in (f"{task}_{split}.csv",) if task != "pretrain" else ("pretrain.csv",):
-            if os.path.isfile(os.path.join(data, name)):
-                return read_csv_rows(os.path.join(data, name), multiview, integer)
+        name = os.path.join(data, "pretrain.csv" if task == "pretrain" else f"{task}_{split}.csv")
+        if os.path.isfile(name):
+            return read_csv_rows(name, multiview, integer)
         if not os.path.isfile(os.path.join(data, "FileList.csv")):
             raise FileNotFoundError(f"{data}: no {task}_{split}.csv and no FileList.csv (EchoNet layout)")
         if task not in ("lvef", "pretrain"):
@@ -511,10 +485,8 @@ def build_probe_dataset(data, task, split, frames, crop, fps, seed, num_clips=2,
     n_train/n_val/n_test items in `domain` (adult or pediatric); real data goes through find_rows."""
     if task not in ("view", "lvef", "rvsp") or split not in SPLIT_BASE or domain not in ("adult", "pediatric"):
         raise ValueError(f"bad task/split/domain {task!r}/{split!r}/{domain!r}: view|lvef|rvsp, train|val|test")
-    if data == "synthetic":
-        rows = synth_rows(task, split, seed, domain, {"train": n_train, "val": n_val, "test": n_test}[split])
-    else:
-        rows = find_rows(data, task, split, fold)
+    n = {"train": n_train, "val": n_val, "test": n_test}[split]
+    rows = synth_rows(task, split, seed, domain, n) if data == "synthetic" else find_rows(data, task, split, fold)
     ds = EchoDataset(rows, frames, crop, fps, seed, pretrain=False, num_clips=num_clips, multiview=task == "rvsp")
     if task == "view":
         ds.num_classes = max(len(VIEWS), max(ds.labels) + 1)
@@ -527,16 +499,9 @@ def render_to_disk(job):
     """Render one synthetic video to an MJPEG AVI under out/ and return its labels (runs in a Pool worker)."""
     out, seed, index, view, domain, frames = job
     video, labels = synth_video(seed, index, view, domain, frames=frames)
-    labels["file"] = os.path.join("pediatric" if domain == "pediatric" else "", "Videos", f"{labels['study']}_{view}.avi")
+    labels["file"] = f"{'pediatric/' if domain == 'pediatric' else ''}Videos/{labels['study']}_{view}.avi"
     write_video(os.path.join(out, labels["file"]), video, SYNTH_FPS)
     return labels
-
-
-def write_table(path, rows, header=None):
-    """EchoNet tables are comma-separated with a header; V-JEPA CSVs space-separated without one."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f, delimiter="," if header else " ")
-        writer.writerows(([header] if header else []) + rows)
 
 
 def write_dataset(out, n, seed=0, frames=SYNTH_FRAMES, n_pediatric=None, workers=1):
@@ -548,39 +513,33 @@ def write_dataset(out, n, seed=0, frames=SYNTH_FRAMES, n_pediatric=None, workers
     os.makedirs(os.path.join(out, "Videos"), exist_ok=True)
     jobs = [(out, seed, i, v, "adult", frames) for i in range(n) for v in VIEWS]
     jobs += [(out, seed, i, "A4C", "pediatric", frames) for i in range(n_pediatric)]
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
-    done = tqdm((pool.imap if pool else map)(render_to_disk, jobs), total=len(jobs), desc=f"writing {out}")
-    videos = {(lab["domain"], lab["study"], lab["view"]): lab for lab in done}
-    if pool:
-        pool.close()
-    files, tracings, pretrain, csvs = [], [], [], {}
+    with multiprocessing.Pool(workers) as pool:
+        done = tqdm(pool.imap(render_to_disk, jobs, 4), total=len(jobs), desc=f"writing {out}", disable=None)
+        videos = {(lab["domain"], lab["study"], lab["view"]): lab for lab in done}
+    tables = {"FileList.csv": ["FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split".split(",")],
+              "VolumeTracings.csv": ["FileName,X1,Y1,X2,Y2,Frame".split(",")],
+              "pediatric/FileList.csv": ["FileName,EF,Sex,Age,Weight,Height,Split".split(",")], "pretrain.csv": []}
     for i in range(n):
-        study, split = f"S{i:06d}", (("TRAIN",) * 6 + ("VAL", "TEST"))[i % 8]
-        labs = {v: videos["adult", study, v] for v in VIEWS}
-        a4c = labs["A4C"]
-        name = os.path.basename(a4c["file"])[:-4]  # EchoNet-Dynamic: FileName without .avi
-        files.append([name, round(a4c["EF"], 3), round(a4c["ESV"], 3), round(a4c["EDV"], 3), 112, 112, SYNTH_FPS,
-                      frames, split])
-        tracings += [[name + ".avi", *(round(float(c), 2) for c in row[:4]), row[4]] for row in a4c["tracings"]]
-        pretrain += [[lab["file"], 0] for lab in labs.values()]
-        csvs.setdefault(f"view_{split.lower()}.csv", []).extend([lab["file"], lab["view_id"]] for lab in labs.values())
-        csvs.setdefault(f"lvef_{split.lower()}.csv", []).append([a4c["file"], round(a4c["EF"], 3)])
+        split = (("TRAIN",) * 6 + ("VAL", "TEST"))[i % 8]
+        labs = {v: videos["adult", f"S{i:06d}", v] for v in VIEWS}
+        a4c, name = labs["A4C"], f"S{i:06d}_A4C"  # EchoNet-Dynamic: FileName without .avi
+        tables["FileList.csv"].append([name, *(round(a4c[k], 3) for k in ("EF", "ESV", "EDV")), 112, 112,
+                                       SYNTH_FPS, frames, split])
+        tables["VolumeTracings.csv"] += [[name + ".avi", *(round(float(c), 2) for c in row[:4]), row[4]]
+                                         for row in a4c.get("tracings", [])]  # none if no ED -> ES in the video
+        tables["pretrain.csv"] += [[lab["file"], 0] for lab in labs.values()]
+        csvs = [tables.setdefault(f"{task}_{split.lower()}.csv", []) for task in ("view", "lvef", "rvsp")]
+        csvs[0] += [[lab["file"], lab["view_id"]] for lab in labs.values()]
+        csvs[1].append([a4c["file"], round(a4c["EF"], 3)])
         missing = synth_patient(seed, i)["missing"]
-        csvs.setdefault(f"rvsp_{split.lower()}.csv", []).append(
-            ["MISS" if v == missing else labs[v]["file"] for v in RVSP_VIEWS] + [round(a4c["rvsp"], 2)])
-    write_table(os.path.join(out, "FileList.csv"), files,
-                "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split".split(","))
-    write_table(os.path.join(out, "VolumeTracings.csv"), tracings, "FileName,X1,Y1,X2,Y2,Frame".split(","))
-    write_table(os.path.join(out, "pretrain.csv"), pretrain)
-    for name, rows in csvs.items():
-        write_table(os.path.join(out, name), rows)
-    peds = []
-    for i in range(n_pediatric):
-        lab, rng = videos["pediatric", f"P{i:06d}", "A4C"], np.random.default_rng([seed, i, 3])
-        age = rng.uniform(0.5, 18)  # Sex/Age/Weight/Height only fill the Pediatric columns
-        peds.append([os.path.basename(lab["file"]), round(lab["EF"], 3), "MF"[rng.integers(2)], round(age, 1),
-                     round(8 + 3 * age, 1), round(70 + 5.5 * age, 1), i % 10])
-    write_table(os.path.join(out, "pediatric", "FileList.csv"), peds, "FileName,EF,Sex,Age,Weight,Height,Split".split(","))
+        csvs[2].append(["MISS" if v == missing else labs[v]["file"] for v in RVSP_VIEWS] + [round(a4c["rvsp"], 2)])
+    for i in range(n_pediatric):  # Sex/Age/Weight/Height only fill the Pediatric columns
+        ef, age = videos["pediatric", f"P{i:06d}", "A4C"]["EF"], 1 + (i * 0.618 % 1) * 17
+        tables["pediatric/FileList.csv"].append([f"P{i:06d}_A4C.avi", round(ef, 3), "MF"[i % 2], round(age, 1),
+                                                 round(8 + 3 * age, 1), round(70 + 5.5 * age, 1), i % 10])
+    for name, rows in tables.items():  # EchoNet tables: commas and a header; V-JEPA CSVs: spaces, no header
+        with open(os.path.join(out, name), "w", newline="") as f:
+            csv.writer(f, delimiter="," if name[0].isupper() or "/" in name else " ").writerows(rows)
 
 
 def preview(out, seed=0):
