@@ -4,9 +4,8 @@ Data for nano-EchoJEPA: a synthetic echocardiography generator (the default data
     python data.py --out data_synth --n 200       # write EchoNet-Dynamic + V-JEPA CSV layout (+ pediatric/)
     python data.py --preview --out .              # preview.mp4 and preview.png of views x EF values
 
-Synthetic echo (SPEC §6): complex Gaussian scatterers filtered by an anisotropic PSF on a polar (depth x angle)
-grid, AR(1) in time, scan-converted into a fan, times the anatomy's backscatter, log-compressed to uint8. The
-anatomy is a set of ellipses per view whose LV axes follow the cardiac cycle, so EF = (EDV - ESV)/EDV is exact.
+Synthetic echo (SPEC §6): PSF-filtered complex speckle on a polar grid, AR(1) in time, scan-converted into a fan,
+times the backscatter of per-view ellipse anatomy whose LV follows the cardiac cycle (exact EF), log-compressed.
 Real data (SPEC §5): V-JEPA and multi-view CSVs, EchoNet-Dynamic and EchoNet-Pediatric folders.
 """
 import argparse
@@ -24,8 +23,7 @@ from tqdm import tqdm
 
 VIEWS = ["A4C", "A2C", "A3C", "A5C", "PLAX", "PSAX"]  # label map: class id = index (swap in a 13-class list)
 RVSP_VIEWS = ["A4C", "PSAX", "PLAX"]  # views of one multi-view study (rvsp task), RV visible in all three
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SYNTH_FPS, SYNTH_FRAMES = 50.0, 128  # a synthetic video: 2.56 s at 50 fps, like a short EchoNet clip
 NR, NT = 160, 128  # polar grid: depth samples x scan lines (NOTES-data §1.1)
 SPLIT_BASE = {"train": 0, "val": 10**9, "test": 2 * 10**9}  # synthetic patient index offsets: splits never overlap
@@ -59,9 +57,8 @@ DB = dict(blood=-52.0, tissue=-35.0, wall=-12.0, pericardium=-5.0)  # backscatte
 
 @functools.lru_cache(maxsize=1)
 def speckle_bank(n=32, size=256):
-    """PSF-filtered complex Gaussian fields, shared by all clips; a speckle 'innovation' is a random crop.
-    Filtering 20k samples per frame would cost more than the rest of the generator together, and a linear filter
-    of complex Gaussians stays complex Gaussian, so crops of a fixed bank keep the Rayleigh statistics exactly."""
+    """PSF-filtered complex Gaussian fields shared by all clips; a frame's fresh speckle is a random crop. Filtering
+    per frame would cost more than the rest of the generator; crops keep the Rayleigh statistics exactly."""
     rng = np.random.default_rng(1234)
     z = rng.standard_normal((n, size, size), np.float32) + 1j * rng.standard_normal((n, size, size), np.float32)
     k = np.fft.fftfreq(size)
@@ -210,10 +207,10 @@ def to_gray(frame):
     plane = frame.planes[0]
     return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width].copy()  # rows padded
 
+
 def read_video(path, pick=None):
-    """Decode a video to grey uint8 (T, H, W) and its fps. pick(n_frames, fps) -> int array of the frame indices
-    wanted (any shape; the result then has that shape + (H, W)); intra-only codecs (MJPEG) decode only those.
-    Raises BadVideo, naming the file, if it cannot be decoded. Opened per call, never held across items."""
+    """Grey uint8 (T, H, W) and fps; pick(n_frames, fps) -> indices of any shape S gives S + (H, W), and intra-only
+    codecs (MJPEG) decode only those frames. Raises BadVideo naming the file. Opened per call, never held open."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -240,8 +237,7 @@ def read_video(path, pick=None):
 
 
 def write_video(path, frames, fps, codec="mjpeg"):
-    """Write grey uint8 (T, H, W) frames. mjpeg in .avi = EchoNet's MJPG (grey in 3 channels once decoded);
-    ffv1 is lossless (exact-pixel fixtures); libx264 for .mp4 previews."""
+    """Grey uint8 (T, H, W) frames: mjpeg .avi as EchoNet (MJPG), ffv1 lossless (exact fixtures), libx264 .mp4."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=round(fps))
         stream.height, stream.width = frames.shape[1:]
@@ -266,9 +262,8 @@ def write_png(path, image):
 # clip sampling and transforms
 
 def clip_indices(n, video_fps, frames, fps, num_clips=1, rng=None):
-    """Frame indices (num_clips, frames) of clips at about `fps` (SPEC §5): step = ceil(video_fps) // fps, a clip
-    spans frames*step; random start if rng is given (training), else evenly spaced starts (centre for one clip).
-    Short videos repeat their last frame; a still (n = 1) repeats its only frame."""
+    """Frame indices (num_clips, frames) at about `fps` (SPEC §5): step = ceil(video_fps) // fps, random starts if
+    rng is given, else evenly spaced (one clip: centred). Short videos repeat their last frame (stills too)."""
     step = max(1, int(math.ceil(video_fps) // fps))
     room = max(0, n - frames * step)
     starts = rng.integers(0, room + 1, num_clips) if rng is not None else np.linspace(0, room, num_clips + 2)[1:-1]
@@ -404,8 +399,7 @@ class EchoDataset(torch.utils.data.Dataset):
     """Clips of rows (sources, label, study, name); rows=None is the endless synthetic pretraining stream.
     pretrain: ds[key] = one augmented clip (3, T, crop, crop), deterministic per (seed, key), video key % len.
     probe: ds[i] = dict(clips=(num_clips, 3, T, crop, crop) or (V, num_clips, ...) for multi-view, label, ...).
-    A video that fails to decode is skipped with a log line and replaced by the next row (deterministic). The
-    count is a multiprocessing.Value, shared by forked DataLoader workers; .skipped lists this process's skips."""
+    A bad video is logged, counted (n_skipped: shared by forked DataLoader workers) and replaced by the next row."""
 
     def __init__(self, rows, frames, crop, fps, seed, pretrain, num_clips=1, multiview=False):
         self.rows, self.frames, self.crop, self.fps, self.seed = rows, frames, crop, fps, seed
@@ -505,9 +499,8 @@ def render_to_disk(job):
 
 
 def write_dataset(out, n, seed=0, frames=SYNTH_FRAMES, n_pediatric=None, workers=1):
-    """n synthetic patients with every view, in EchoNet-Dynamic layout (A4C: FileList.csv, VolumeTracings.csv,
-    Videos/) plus V-JEPA CSVs (pretrain.csv, {view,lvef,rvsp}_{train,val,test}.csv) and an EchoNet-Pediatric
-    folder pediatric/ (A4C, FileName with .avi, Split = fold 0-9). Patient i is TRAIN/VAL/TEST by i % 8."""
+    """n patients x every view: EchoNet-Dynamic layout for A4C (FileList.csv, VolumeTracings.csv, Videos/), V-JEPA CSVs
+    (pretrain.csv, {view,lvef,rvsp}_{train,val,test}.csv), pediatric/ in EchoNet-Pediatric layout (Split = fold)."""
     n_pediatric = n // 4 if n_pediatric is None else n_pediatric
     os.makedirs(os.path.join(out, "pediatric", "Videos"), exist_ok=True)
     os.makedirs(os.path.join(out, "Videos"), exist_ok=True)
