@@ -412,6 +412,129 @@ def test_ddp_gloo_two_process_smoke():
 
 
 # -----------------------------------------------------------------------------
+# corrupt.py
+
+import contextlib
+import hashlib
+import io
+
+import corrupt
+
+
+def test_corrupt_depth_attenuation_bottom_centre():
+    # bottom-centre pixel: x = (W-1)/2 (a pixel for odd W), y = H-1, so d = 1 and A = exp(-gamma)
+    got = [corrupt.corruption_map("da", lv, 112, 113, np.random.default_rng(0))[-1, 56] for lv in corrupt.LEVELS]
+    for g, want, a in zip(corrupt.DA_GAMMA, (0.47, 0.22, 0.12), got):
+        assert abs(a - want) <= 0.01 and abs(a - math.exp(-g)) < 1e-6, (want, a)
+    m = corrupt.corruption_map("da", "high", 112, 113, None)
+    assert m[0, 56] == 1 and (np.diff(m[:, 56]) < 0).all()  # no loss at the probe, monotone fall with depth
+
+
+def test_corrupt_gaussian_shadow_minimum_at_centre():
+    for level, (s, _) in zip(corrupt.LEVELS, corrupt.GS_PRESET):
+        for vid in ("0X1", "0X2", "0X3"):
+            m = corrupt.corruption_map("gs", level, 112, 96, corrupt.video_rng(0, vid))
+            r = corrupt.video_rng(0, vid)  # the same draws: the centre (mu_x, mu_y) in whole pixels
+            mx, my = int(r.uniform(0.2, 0.8) * 96), int(r.uniform(0.2, 0.8) * 112)
+            assert abs(m[my, mx] - (1 - s)) < 1e-6 and abs(m.min() - (1 - s)) < 1e-6 and m.max() <= 1
+
+
+def test_corrupt_maps_static_across_frames_and_ordered_by_severity():
+    ones = np.ones((4, 48, 64), np.float32)
+    for kind in corrupt.KINDS:
+        dev = []
+        for level in corrupt.LEVELS:
+            out = corrupt.corrupt_video(ones, kind, level, seed=1, video_id="v")
+            assert out.shape == ones.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+            assert all(np.array_equal(out[0], f) for f in out[1:]), (kind, level)
+            m = corrupt.corruption_map(kind, level, 48, 64, corrupt.video_rng(1, "v"))
+            assert np.array_equal(out[0], np.clip(m, 0, 1)) and np.isfinite(m).all() and (m >= 0).all()
+            dev.append(np.abs(m - 1).mean())
+        assert dev[0] < dev[1] < dev[2], (kind, dev)
+    x = torch.rand(3, 2, 48, 64)  # torch in, torch out; any leading dims
+    y = corrupt.corrupt_video(x, "rib", "high", 5, "v")
+    assert isinstance(y, torch.Tensor) and torch.equal(y, torch.from_numpy(corrupt.corrupt_video(x.numpy(), "rib", "high", 5, "v")))
+
+
+def test_corrupt_maps_reproducible_across_processes():
+    code = ("import hashlib, corrupt; print(*[hashlib.sha256(corrupt.corruption_map(k, 'med', 112, 112, "
+            "corrupt.video_rng(3, '0X1A2B3C4D')).tobytes()).hexdigest() for k in corrupt.KINDS])")
+    here = [hashlib.sha256(corrupt.corruption_map(k, "med", 112, 112, corrupt.video_rng(3, "0X1A2B3C4D")).tobytes())
+            .hexdigest() for k in corrupt.KINDS]
+    rc, out, err = run(["-c", code], env={"PYTHONHASHSEED": "12345"})  # a salted hash() would differ here
+    assert rc == 0 and out.split() == here, err
+    a, b = (corrupt.corruption_map("gs", "med", 112, 112, corrupt.video_rng(3, v)) for v in ("0X1A2B3C4D", "0X1A2B3C4E"))
+    assert not np.allclose(a, b)
+
+
+def test_corrupt_unknown_kind_or_level_errors():
+    for args, words in ((("blur", "low"), ["blur", *corrupt.KINDS]), (("da", "extreme"), ["extreme", *corrupt.LEVELS])):
+        for fn in (lambda: corrupt.corrupt_video(np.ones((1, 8, 8), np.float32), *args),
+                   lambda: corrupt.corruption_map(*args, 8, 8, np.random.default_rng(0))):
+            try:
+                fn()
+                assert False, "no error"
+            except ValueError as e:
+                assert all(w in str(e) for w in words), str(e)
+    try:
+        corrupt.corrupt_video(np.ones((1, 8, 8), np.uint8), "da", "low")
+        assert False, "uint8 accepted"
+    except ValueError as e:
+        assert "float" in str(e)
+
+
+def corrupt_cli(*argv):
+    """corrupt.main in-process (a subprocess would spend seconds importing torch): (exit code, stdout, stderr)."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            corrupt.main(list(argv))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_corrupt_cli_writes_test_split_that_reads_back():
+    import data
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "echonet"), os.path.join(d, "echonet_da")
+        os.makedirs(os.path.join(src, "Videos"))
+        ramp = np.linspace(60, 220, 48)[None, None, :] * np.ones((5, 32, 1))  # smooth: MJPEG keeps it within ~1
+        rows = []
+        for i, split in enumerate(["TRAIN", "TEST", "VAL", "TEST"]):
+            data.write_video(os.path.join(src, "Videos", f"0X{i}.avi"), (ramp + 5 * i).astype(np.uint8), 50, "ffv1")
+            rows.append(f"0X{i},{50 + i},30,60,32,48,50,5,{split}")
+        with open(os.path.join(src, "FileList.csv"), "w") as f:
+            f.write("FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split\n" + "\n".join(rows) + "\n")
+        code, out, err = corrupt_cli("--data", src, "--kind", "da", "--level", "high", "--out", dst, "--seed", "7")
+        assert code == 0 and "wrote 2" in out, err
+        got = data.read_echonet(dst, "test")
+        assert [r[2] for r in got] == ["0X1", "0X3"] and [r[1] for r in got] == [51.0, 53.0]
+        assert open(os.path.join(dst, "FileList.csv")).readline().startswith("FileName,EF,ESV,EDV")
+        video, fps = data.read_video(got[1][0][0])
+        want = corrupt.corrupt_video(data.read_video(os.path.join(src, "Videos", "0X3.avi"))[0] / 255, "da", "high", 7, "0X3")
+        assert video.shape == (5, 32, 48) and fps == 50 and np.abs(video - want * 255).mean() < 2
+        with open(os.path.join(src, "FileList.csv"), "w") as f:  # no TEST rows: one clear line, no traceback
+            f.write("FileName,EF,Split\n0X0,50,TRAIN\n")
+        code, out, err = corrupt_cli("--data", src, "--kind", "gs", "--level", "low", "--out", os.path.join(d, "x"))
+        assert code == 1 and err.strip().startswith("error:") and "'test'" in err and len(err.strip().splitlines()) == 1, err
+        code, out, err = corrupt_cli("--data", os.path.join(d, "nowhere"), "--kind", "gs", "--level", "low", "--out", dst)
+        assert code == 1 and "FileList.csv" in err and "Traceback" not in err, err
+
+
+def test_corrupt_preview_png_decodes():
+    import av
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "preview.png")
+        code, out, err = corrupt_cli("--preview", "--out", path)
+        assert code == 0 and f"({4 * 112}x{len(corrupt.KINDS) * 112})" in out, (out, err)
+        with av.open(path) as c:
+            img = next(c.decode(video=0)).to_ndarray(format="gray")
+        assert img.shape == (len(corrupt.KINDS) * 112, 4 * 112)  # rows = kinds, columns = clean + 3 levels
+        assert img[:112, 112:].astype(int).sum() < 3 * img[:112, :112].astype(int).sum()  # DA only darkens
+
+
+# -----------------------------------------------------------------------------
 # data.py
 
 import av  # noqa: E402  (imported next to the data tests, so each section of this file stands alone)
