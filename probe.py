@@ -44,7 +44,7 @@ from model import CONFIGS, AttentiveProbe, Encoder, load_strict, strip_prefixes
 @dataclass
 class Config:
     task: str = "view"                    # view (classification) | lvef (regression) | rvsp (multi-view regression)
-    label_frac: float = 1.0               # fraction of train labels used: per class / EF bin, >= 2 each, seeded
+    label_frac: float = 0.01              # fraction of train labels used: per class / EF bin, >= 2 each, seeded
     ckpt: str = "out/ckpt.pt"             # pretrain.py checkpoint whose target_encoder is probed
     init: str = ""                        # official V-JEPA 2 / EchoJEPA checkpoint to probe instead of --ckpt
     random_init: bool = False             # baseline: the same architecture with random (seeded) weights
@@ -55,8 +55,8 @@ class Config:
     train_domain: str = "adult"           # synthetic domain of train and val: adult | pediatric
     eval_domain: str = ""                 # synthetic domain of test ('' = train_domain; pediatric = zero-shot)
     n_train: int = 1000                   # synthetic train items (videos; studies for rvsp), before --label_frac
-    n_val: int = 120                      # synthetic val items (chooses the best head)
-    n_test: int = 200                     # synthetic test items
+    n_val: int = 100                      # synthetic val items (choose the best head)
+    n_test: int = 100                     # synthetic test items (x7 encodes with --robustness)
     frames: int = 16                      # frames per clip (even: tubelets of 2)
     crop: int = 112                       # clip height = width (multiple of 16)
     fps: float = 8.0                      # target sampling rate of clip frames
@@ -65,7 +65,7 @@ class Config:
     probe_heads: int = 16                 # probe attention heads (the largest divisor of the width up to this)
     epochs: int = 20                      # probe training epochs
     batch_size: int = 4                   # videos per probe step and per encoder batch
-    lrs: tuple = (1e-4, 5e-5)             # learning rates of the head grid (AdamW, cosine to 0, no warmup)
+    lrs: tuple = (1e-3, 5e-4)             # head grid learning rates (AdamW, cosine to 0); EchoJEPA: 1e-4 5e-5
     wds: tuple = (0.01, 0.1, 0.4)         # weight decays of the head grid (one head per lr x wd)
     view_dropout: float = 0.1             # rvsp: probability of hiding a view at train time (>= 1 view kept)
     ckpt_probe: str = ""                  # evaluate this trained probe.pt instead of training one
@@ -133,6 +133,49 @@ torch.backends.cuda.matmul.allow_tf32 = True
 os.makedirs(cfg.out_dir, exist_ok=True)
 
 # -----------------------------------------------------------------------------
+# data: fixed splits; only the train subset chosen by --label_frac is ever encoded
+
+import data  # noqa: E402  (after the argument checks: bad flags fail fast, without the video stack)
+
+
+def dataset(split, domain, src, frame_fn=None):
+    """One probe split, or one clear error line (missing split, a task whose labels the data lacks, bad rows)."""
+    try:
+        return data.build_probe_dataset(src, cfg.task, split, cfg.frames, cfg.crop, cfg.fps, cfg.seed,
+                                        num_clips=cfg.num_clips, domain=domain,
+                                        fold=None if cfg.fold < 0 else cfg.fold, n_train=cfg.n_train,
+                                        n_val=cfg.n_val, n_test=cfg.n_test, frame_fn=frame_fn)
+    except (ValueError, FileNotFoundError) as e:
+        fail(f"--task {cfg.task}, {split} split of {src}: {e}")
+
+
+def label_subset(labels, frac, seed, classification, bins=5):
+    """Train items used at this label fraction: per class (classification) or per quantile bin of the target
+    (regression: every EF range stays represented) ceil(n * frac) items, at least 2 (or all of a smaller group),
+    drawn without replacement by a seeded generator. frac = 1 keeps everything."""
+    labels = np.asarray(labels)
+    if frac >= 1:
+        return np.arange(len(labels))
+    if classification:
+        groups = labels
+    else:  # rank -> bin: equal-count bins, robust to any target scale
+        groups = np.argsort(np.argsort(labels, kind="stable"), kind="stable") * bins // len(labels)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        keep += rng.choice(members, min(len(members), max(2, math.ceil(len(members) * frac))), replace=False).tolist()
+    return np.sort(np.array(keep))
+
+
+# the splits are built before the encoder loads: bad data fails in one line without waiting for the weights
+eval_src = cfg.eval_data or cfg.data
+test_ds = dataset("test", cfg.eval_domain, eval_src)
+if not cfg.ckpt_probe:
+    train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
+
+
+# -----------------------------------------------------------------------------
 # frozen encoder: pretrain.py's target_encoder, an official one, or a random baseline
 
 
@@ -176,43 +219,6 @@ def load_encoder():
 
 encoder, encoder_source = load_encoder()
 encoder = encoder.to(device).eval().requires_grad_(False)  # frozen: eval mode, no grads, ever
-
-# -----------------------------------------------------------------------------
-# data: fixed splits; only the train subset chosen by --label_frac is ever encoded
-
-import data  # noqa: E402  (after the argument checks: bad flags fail fast)
-
-
-def dataset(split, domain, src, frame_fn=None):
-    """One probe split, or one clear error line (missing split, a task whose labels the data lacks, bad rows)."""
-    try:
-        return data.build_probe_dataset(src, cfg.task, split, cfg.frames, cfg.crop, cfg.fps, cfg.seed,
-                                        num_clips=cfg.num_clips, domain=domain,
-                                        fold=None if cfg.fold < 0 else cfg.fold, n_train=cfg.n_train,
-                                        n_val=cfg.n_val, n_test=cfg.n_test,
-                                        **(dict(frame_fn=frame_fn) if frame_fn else {}))
-    except (ValueError, FileNotFoundError) as e:
-        fail(f"--task {cfg.task}, {split} split of {src}: {e}")
-
-
-def label_subset(labels, frac, seed, classification, bins=5):
-    """Train items used at this label fraction: per class (classification) or per quantile bin of the target
-    (regression: every EF range stays represented) ceil(n * frac) items, at least 2 (or all of a smaller group),
-    drawn without replacement by a seeded generator. frac = 1 keeps everything."""
-    labels = np.asarray(labels)
-    if frac >= 1:
-        return np.arange(len(labels))
-    if classification:
-        groups = labels
-    else:  # rank -> bin: equal-count bins, robust to any target scale
-        groups = np.argsort(np.argsort(labels, kind="stable"), kind="stable") * bins // len(labels)
-    rng = np.random.default_rng(seed)
-    keep = []
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        keep += rng.choice(members, min(len(members), max(2, math.ceil(len(members) * frac))), replace=False).tolist()
-    return np.sort(np.array(keep))
-
 
 # -----------------------------------------------------------------------------
 # features: the encoder runs once per clip; tokens are cached (memory, optionally disk) and reused by every head
@@ -400,8 +406,6 @@ def confusion_png(path, conf, cell=24):
 # -----------------------------------------------------------------------------
 # the run: features -> heads -> best on val -> test (-> corrupted test sets)
 
-eval_src = cfg.eval_data or cfg.data
-test_ds = dataset("test", cfg.eval_domain, eval_src)
 t_train = 0.0
 if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
     try:
@@ -419,7 +423,6 @@ if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
         fail(str(e))
     val_metrics, n_used = pk["val"], pk.get("n_train")
 else:
-    train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
     used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
     n_used = len(used)
     with open(os.path.join(cfg.out_dir, "train_subset.csv"), "w", newline="") as fh:

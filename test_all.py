@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 import ast
+import contextlib
 import json
 import math
 import subprocess
@@ -767,6 +768,18 @@ def test_data_video_io():
 # probe.py pieces (executed from the script's own source) and runs
 
 
+class one_thread(contextlib.ContextDecorator):
+    """torch on 1 thread inside the block: for tiny tensors, thread sync costs more than the math (up to 100x
+    on a busy machine, measured)."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
 def probe_namespace(names, **cfg_kw):
     from contextlib import nullcontext
     c = dict(random_init=False, init="", ckpt="", model="", seed=0, view_dropout=0.1)
@@ -779,6 +792,7 @@ def probe_namespace(names, **cfg_kw):
                             strip_prefixes=model.strip_prefixes)
 
 
+@one_thread()
 def test_probe_rvsp_missing_view_ignored():
     # a MISS view is never encoded and masked out of the probe: the prediction cannot depend on its pixels
     ns = probe_namespace(["encode_batch", "key_padding", "predict", "drop_views"])
@@ -816,6 +830,7 @@ def test_probe_label_subset():
     assert sorted(np.searchsorted(np.quantile(ef, [0.2, 0.4, 0.6, 0.8]), ef[r])) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
+@one_thread()
 def test_probe_load_encoder_checks():
     with tempfile.TemporaryDirectory() as d:
         def err(**kw):
@@ -844,11 +859,11 @@ PROBE_TINY = ["--random_init", "--frames", "2", "--crop", "32", "--n_train", "12
 def run_probe(args):
     """probe.py as __main__ in this process (no second torch import): (exit code, stderr). A clean error exits
     through SystemExit; anything else (a traceback) propagates and fails the test."""
-    import contextlib, io, runpy
+    import io, runpy
     argv, err = sys.argv, io.StringIO()
     sys.argv, code = ["probe.py", *PROBE_TINY, *args], 0
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with one_thread(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             runpy.run_path(os.path.join(HERE, "probe.py"), run_name="__main__")
     except SystemExit as e:
         code = e.code
@@ -867,10 +882,17 @@ def test_probe_runs_and_bad_inputs():
         assert code == 0, err[-2000:]
         with open(os.path.join(d, "single.csv"), "w") as f:
             f.write("a.avi 30\n")
+        os.makedirs(os.path.join(d, "notest"))  # a data folder with a train split only
+        data.write_video(os.path.join(d, "notest", "a.avi"), np.zeros((4, 32, 32), np.uint8), 50)
+        with open(os.path.join(d, "notest", "lvef_train.csv"), "w") as f:
+            f.write("a.avi 30\n")
         for args, want in ((["--label_frac", "0"], "must be in (0, 1]"), (["--label_frac", "1.5"], "must be in (0, 1]"),
                            (["--task", "size"], "invalid choice"),
                            (["--no-random_init", "--ckpt", os.path.join(d, "nope.pt")], "run `python pretrain.py` first"),
-                           (["--task", "rvsp", "--data", os.path.join(d, "single.csv")], "multi-view")):
+                           (["--task", "rvsp", "--data", os.path.join(d, "single.csv")], "multi-view"),
+                           (["--robustness", "--corruptions", "da,fog"], "unknown corruption kind 'fog'"),
+                           (["--robustness", "--levels", "low,extreme"], "unknown corruption level 'extreme'"),
+                           (["--task", "lvef", "--data", os.path.join(d, "notest")], "no lvef_test.csv")):
             code, err = run_probe([*args, "--out_dir", os.path.join(d, "x")])
             last = err.strip().splitlines()[-1]
             assert code != 0 and want in last and "error" in last, (args, err[-500:])  # one clear line
@@ -892,6 +914,30 @@ def test_probe_runs_and_bad_inputs():
             assert m["test"]["n"] == 6 and m["best"]["lr"] == ck["grid"][0][0]
         assert len(open(os.path.join(d, "view", "train_subset.csv")).read().splitlines()) == 1 + 12
         assert os.path.getsize(os.path.join(d, "view", "confusion_test.png")) > 0
+        # the trained probe, loaded back, on pediatric test videos clean and corrupted on the fly
+        code, err = run_probe(["--task", "view", "--ckpt_probe", os.path.join(d, "view", "probe.pt"), "--robustness",
+                               "--eval_domain", "pediatric", "--out_dir", os.path.join(d, "robust")])
+        assert code == 0, err[-2000:]
+        m = json.load(open(os.path.join(d, "robust", "metrics.json")))
+        assert sorted(m["robustness"]) == [f"{k}_{lv}" for k in ("da", "gs") for lv in ("high", "low", "med")]
+        assert m["eval_domain"] == "pediatric" and m["test"]["n"] == 6 and math.isfinite(m["avg_degradation_pct"])
+
+
+def test_probe_frame_hook():
+    # data.py's frame_fn: [0, 1] float frames at native size and a per-view video id, before resize/normalise
+    seen = []
+    def black(v, video_id):
+        seen.append((v.dtype, v.shape, 0 <= v.min() <= v.max() <= 1, video_id))
+        return v * 0
+    ds = data.build_probe_dataset("synthetic", "rvsp", "test", 2, 32, 8.0, 0, num_clips=1, n_test=8, frame_fn=black)
+    i = next(i for i in range(8) if not ds[i]["present"].all())  # a study with a MISS view
+    seen.clear()
+    item = ds[i]
+    ids = [s[3] for s in seen]
+    assert all(s[0] == np.float32 and s[1] == (2, 112, 112) and s[2] for s in seen) and len(ids) == 2
+    assert ids == [f"{item['video']}/{v}" for v in range(3) if item["present"][v]]  # missing view never loaded
+    zero = data.normalize(torch.zeros(2, 32, 32))
+    assert all(torch.allclose(item["clips"][v, 0], zero) for v in range(3) if item["present"][v])
 
 
 # -----------------------------------------------------------------------------
