@@ -401,9 +401,10 @@ class EchoDataset(torch.utils.data.Dataset):
     probe: ds[i] = dict(clips=(num_clips, 3, T, crop, crop) or (V, num_clips, ...) for multi-view, label, ...).
     A bad video is logged, counted (n_skipped: shared by forked DataLoader workers) and replaced by the next row."""
 
-    def __init__(self, rows, frames, crop, fps, seed, pretrain, num_clips=1, multiview=False):
+    def __init__(self, rows, frames, crop, fps, seed, pretrain, num_clips=1, multiview=False, frame_fn=None):
         self.rows, self.frames, self.crop, self.fps, self.seed = rows, frames, crop, fps, seed
         self.pretrain, self.num_clips, self.multiview, self.num_classes = pretrain, num_clips, multiview, None
+        self.frame_fn = frame_fn  # probe: f(frames (T, H, W) float in [0, 1], video_id=...) -> frames, e.g. a corruption
         self.labels = [r[1] for r in rows] if rows else []
         self.n_skipped, self.skipped = multiprocessing.Value("i", 0), []
 
@@ -438,13 +439,21 @@ class EchoDataset(torch.utils.data.Dataset):
         if self.pretrain:
             return pretrain_transform(self.load(sources[0], 1, rng)[0], self.crop, rng)
         zeros = torch.zeros(self.num_clips, 3, self.frames, self.crop, self.crop)
-        clips = torch.stack([zeros if s is None else torch.stack([eval_transform(c, self.crop)
+        clips = torch.stack([zeros if s is None else torch.stack([self.eval_clip(c, name if len(sources) == 1 else
+                                                                                 f"{name}/{v}")
                                                                   for c in self.load(s, self.num_clips, None)])
-                             for s in sources])  # (V, num_clips, 3, T, crop, crop)
+                             for v, s in enumerate(sources)])  # (V, num_clips, 3, T, crop, crop)
         out = dict(clips=clips if self.multiview else clips[0], label=label, study=study, video=name)
         if self.multiview:
             out["present"] = torch.tensor([s is not None for s in sources])
         return out
+
+    def eval_clip(self, clip, video_id):
+        """Eval transform of one decoded uint8 clip, after the frame_fn hook on its [0, 1] frames (before resizing,
+        as if the video file itself were corrupted). video_id (the row's name, '/view' for multi-view) seeds it."""
+        if self.frame_fn is not None:
+            clip = self.frame_fn(clip.astype(np.float32) / 255, video_id=video_id) * 255
+        return eval_transform(clip, self.crop)
 
     def skip_summary(self):
         return f"skipped {self.n_skipped.value} bad videos" + "".join(f"\n  {s}" for s in self.skipped)
@@ -474,14 +483,16 @@ def build_pretrain_dataset(data, frames, crop, fps, seed):
 
 
 def build_probe_dataset(data, task, split, frames, crop, fps, seed, num_clips=2, domain="adult", fold=None,
-                        n_train=1000, n_val=200, n_test=200):
+                        n_train=1000, n_val=200, n_test=200, frame_fn=None):
     """Frozen-probe data for task view / lvef / rvsp. 'synthetic' builds fixed deterministic splits of
-    n_train/n_val/n_test items in `domain` (adult or pediatric); real data goes through find_rows."""
+    n_train/n_val/n_test items in `domain` (adult or pediatric); real data goes through find_rows. frame_fn: see
+    EchoDataset (probe.py --robustness corrupts the test videos on the fly with it)."""
     if task not in ("view", "lvef", "rvsp") or split not in SPLIT_BASE or domain not in ("adult", "pediatric"):
         raise ValueError(f"bad task/split/domain {task!r}/{split!r}/{domain!r}: view|lvef|rvsp, train|val|test")
     n = {"train": n_train, "val": n_val, "test": n_test}[split]
     rows = synth_rows(task, split, seed, domain, n) if data == "synthetic" else find_rows(data, task, split, fold)
-    ds = EchoDataset(rows, frames, crop, fps, seed, pretrain=False, num_clips=num_clips, multiview=task == "rvsp")
+    ds = EchoDataset(rows, frames, crop, fps, seed, pretrain=False, num_clips=num_clips, multiview=task == "rvsp",
+                     frame_fn=frame_fn)
     if task == "view":
         ds.num_classes = max(len(VIEWS), max(ds.labels) + 1)
     return ds

@@ -21,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 import ast
+import contextlib
+import json
 import math
 import subprocess
 import types
@@ -933,6 +935,182 @@ def test_data_video_io():
         with av.open(os.path.join(tmp, "a.png")) as c:
             assert np.array_equal(next(c.decode(video=0)).to_ndarray(format="gray"), video[0])
         assert os.path.getsize(os.path.join(tmp, "b.png")) > 0
+
+# -----------------------------------------------------------------------------
+# probe.py pieces (executed from the script's own source) and runs
+
+
+class one_thread(contextlib.ContextDecorator):
+    """torch on 1 thread inside the block: for tiny tensors, thread sync costs more than the math (up to 100x
+    on a busy machine, measured)."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
+def probe_namespace(names, **cfg_kw):
+    from contextlib import nullcontext
+    c = dict(random_init=False, init="", ckpt="", model="", seed=0, view_dropout=0.1)
+    c.update(cfg_kw)
+    def fail(msg):
+        raise ValueError(msg)
+    return script_functions("probe.py", names, cfg=types.SimpleNamespace(**c), torch=torch, F=F, np=np, math=math,
+                            os=os, copy=__import__("copy"), autocast=nullcontext(), device="cpu", fail=fail,
+                            CONFIGS=CONFIGS, Encoder=Encoder, load_strict=model.load_strict,
+                            strip_prefixes=model.strip_prefixes)
+
+
+@one_thread()
+def test_probe_rvsp_missing_view_ignored():
+    # a MISS view is never encoded and masked out of the probe: the prediction cannot depend on its pixels
+    ns = probe_namespace(["encode_batch", "key_padding", "predict", "drop_views"])
+    torch.manual_seed(0)
+    enc = Encoder(tiny_cfg()).eval()
+    probe = AttentiveProbe(96, 1, depth=2, heads=16, num_views=3, num_clips=2).eval()
+    clips = torch.randn(2, 3, 2, 3, 4, 32, 32)  # (B, V, C, 3, T, H, W)
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    clips2 = clips.clone()
+    clips2[0, 1] = torch.randn_like(clips2[0, 1]) * 10  # pixels of the missing view
+    clips2[1, 0] += 1.0  # pixels of a present view
+    out = [ns["predict"]([probe], dict(feats=ns["encode_batch"](enc, c, present), present=present))[0]
+           for c in (clips, clips2)]
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-6), "the MISS view leaked into the prediction"
+    assert not torch.allclose(out[0][1], out[1][1], atol=1e-4), "a present view must matter"
+    # view dropout: hides only present views, always keeps one
+    gen = torch.Generator().manual_seed(0)
+    pres = torch.rand(500, 3, generator=gen) < 0.7
+    pres[~pres.any(1), 0] = True
+    keep = ns["drop_views"](pres, 0.9, gen)
+    assert (keep <= pres).all() and keep.any(1).all() and keep.sum() < pres.sum()
+
+
+def test_probe_label_subset():
+    sub = probe_namespace(["label_subset"])["label_subset"]
+    labels = np.array([0] * 100 + [1] * 50 + [2] * 3 + [3] * 1)
+    s = sub(labels, 0.01, 0, True)
+    assert [int((labels[s] == c).sum()) for c in range(4)] == [2, 2, 2, 1]  # >= 2 per class, or all of it
+    assert np.array_equal(s, sub(labels, 0.01, 0, True)) and not np.array_equal(s, sub(labels, 0.01, 1, True))
+    assert [int((labels[sub(labels, 0.5, 0, True)] == c).sum()) for c in range(4)] == [50, 25, 2, 1]  # ceil
+    assert np.array_equal(sub(labels, 1.0, 0, True), np.arange(len(labels)))
+    ef = np.random.default_rng(0).normal(55, 12, 1000)
+    r = sub(ef, 0.01, 0, False)  # regression: 2 per quantile bin, spanning the EF range
+    assert len(r) == 10 and len(set(r)) == 10
+    assert sorted(np.searchsorted(np.quantile(ef, [0.2, 0.4, 0.6, 0.8]), ef[r])) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+@one_thread()
+def test_probe_load_encoder_checks():
+    with tempfile.TemporaryDirectory() as d:
+        def err(**kw):
+            try:
+                probe_namespace(["load_encoder"], **kw)["load_encoder"]()
+            except ValueError as e:
+                return str(e)
+            raise AssertionError(f"no error for {kw}")
+        tiny = Encoder(tiny_cfg()).state_dict()
+        torch.save(dict(target_encoder=tiny, config=dict(model="vitq")), os.path.join(d, "bad.pt"))
+        assert "does not match the model" in err(ckpt=os.path.join(d, "bad.pt"))
+        assert "run `python pretrain.py` first" in err(ckpt=os.path.join(d, "nope.pt"))
+        torch.save(dict(target_encoder={f"module.backbone.{k}": v for k, v in tiny.items()}), os.path.join(d, "o.pt"))
+        assert "no known encoder of width 96 and depth 2" in err(init=os.path.join(d, "o.pt"))
+        q = Encoder(CONFIGS["vitq"]).state_dict()
+        torch.save(dict(target_encoder={f"module.backbone.{k}": v for k, v in q.items()}), os.path.join(d, "q.pt"))
+        enc, src = probe_namespace(["load_encoder"], init=os.path.join(d, "q.pt"))["load_encoder"]()
+        assert "vit_quick" in src and torch.equal(enc.norm.weight, q["norm.weight"])  # size read off the weights
+        assert "does not match" in err(init=os.path.join(d, "q.pt"), model="vitt")
+
+
+PROBE_TINY = ["--random_init", "--frames", "2", "--crop", "32", "--n_train", "12", "--n_val", "6", "--n_test", "6",
+              "--epochs", "2", "--num_workers", "0", "--probe_depth", "2"]
+
+
+def run_probe(args):
+    """probe.py as __main__ in this process (no second torch import): (exit code, stderr). A clean error exits
+    through SystemExit; anything else (a traceback) propagates and fails the test."""
+    import io, runpy
+    argv, err = sys.argv, io.StringIO()
+    sys.argv, code = ["probe.py", *PROBE_TINY, *args], 0
+    try:
+        with one_thread(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_path(os.path.join(HERE, "probe.py"), run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return code, err.getvalue()
+
+
+def test_probe_runs_and_bad_inputs():
+    with tempfile.TemporaryDirectory() as d:
+        # the view run in a real subprocess (the CLI as users call it), meanwhile the rest in this process
+        view = subprocess.Popen([sys.executable, "probe.py", *PROBE_TINY, "--task", "view", "--label_frac", "0.5",
+                                 "--out_dir", os.path.join(d, "view")], cwd=HERE, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp")])
+        assert code == 0, err[-2000:]
+        with open(os.path.join(d, "single.csv"), "w") as f:
+            f.write("a.avi 30\n")
+        os.makedirs(os.path.join(d, "notest"))  # a data folder with a train split only
+        data.write_video(os.path.join(d, "notest", "a.avi"), np.zeros((4, 32, 32), np.uint8), 50)
+        with open(os.path.join(d, "notest", "lvef_train.csv"), "w") as f:
+            f.write("a.avi 30\n")
+        for args, want in ((["--label_frac", "0"], "must be in (0, 1]"), (["--label_frac", "1.5"], "must be in (0, 1]"),
+                           (["--task", "size"], "invalid choice"),
+                           (["--no-random_init", "--ckpt", os.path.join(d, "nope.pt")], "run `python pretrain.py` first"),
+                           (["--task", "rvsp", "--data", os.path.join(d, "single.csv")], "multi-view"),
+                           (["--robustness", "--corruptions", "da,fog"], "unknown corruption kind 'fog'"),
+                           (["--robustness", "--levels", "low,extreme"], "unknown corruption level 'extreme'"),
+                           (["--task", "lvef", "--data", os.path.join(d, "notest")], "no lvef_test.csv")):
+            code, err = run_probe([*args, "--out_dir", os.path.join(d, "x")])
+            last = err.strip().splitlines()[-1]
+            assert code != 0 and want in last and "error" in last, (args, err[-500:])  # one clear line
+        out, err = view.communicate(timeout=120)
+        assert view.returncode == 0, err[-2000:]
+        for task, n_out, n_heads in (("view", len(data.VIEWS), 6), ("rvsp", 1, 2)):
+            run_dir = os.path.join(d, task)
+            ck = torch.load(os.path.join(run_dir, "probe.pt"), weights_only=False)
+            assert len(ck["classifiers"]) == len(ck["grid"]) == n_heads and ck["probe_args"]["num_outputs"] == n_out
+            assert (ck["zscore"] is None) == (task == "view") and ck["config"]["task"] == task
+            key = (lambda m: -m["accuracy"]) if task == "view" else (lambda m: m["mae"])
+            assert [key(m) for m in ck["val"]] == sorted(key(m) for m in ck["val"])  # best head first
+            for sd in ck["classifiers"]:  # every head loads back with strict keys
+                model.load_strict(AttentiveProbe(**ck["probe_args"]), sd)
+                assert all(k.split(".")[0] in ("pooler", "linear", "view_embed", "clip_embed") for k in sd)
+            m = json.load(open(os.path.join(run_dir, "metrics.json")))
+            with open(os.path.join(run_dir, "test_predictions.csv")) as f:
+                assert f.readline().startswith("study,video,prediction,label") and len(f.readlines()) == 6
+            assert m["test"]["n"] == 6 and m["best"]["lr"] == ck["grid"][0][0]
+        assert len(open(os.path.join(d, "view", "train_subset.csv")).read().splitlines()) == 1 + 12
+        assert os.path.getsize(os.path.join(d, "view", "confusion_test.png")) > 0
+        # the trained probe, loaded back, on pediatric test videos clean and corrupted on the fly
+        code, err = run_probe(["--task", "view", "--ckpt_probe", os.path.join(d, "view", "probe.pt"), "--robustness",
+                               "--eval_domain", "pediatric", "--out_dir", os.path.join(d, "robust")])
+        assert code == 0, err[-2000:]
+        m = json.load(open(os.path.join(d, "robust", "metrics.json")))
+        assert sorted(m["robustness"]) == [f"{k}_{lv}" for k in ("da", "gs") for lv in ("high", "low", "med")]
+        assert m["eval_domain"] == "pediatric" and m["test"]["n"] == 6 and math.isfinite(m["avg_degradation_pct"])
+
+
+def test_probe_frame_hook():
+    # data.py's frame_fn: [0, 1] float frames at native size and a per-view video id, before resize/normalise
+    seen = []
+    def black(v, video_id):
+        seen.append((v.dtype, v.shape, 0 <= v.min() <= v.max() <= 1, video_id))
+        return v * 0
+    ds = data.build_probe_dataset("synthetic", "rvsp", "test", 2, 32, 8.0, 0, num_clips=1, n_test=8, frame_fn=black)
+    i = next(i for i in range(8) if not ds[i]["present"].all())  # a study with a MISS view
+    seen.clear()
+    item = ds[i]
+    ids = [s[3] for s in seen]
+    assert all(s[0] == np.float32 and s[1] == (2, 112, 112) and s[2] for s in seen) and len(ids) == 2
+    assert ids == [f"{item['video']}/{v}" for v in range(3) if item["present"][v]]  # missing view never loaded
+    zero = data.normalize(torch.zeros(2, 32, 32))
+    assert all(torch.allclose(item["clips"][v, 0], zero) for v in range(3) if item["present"][v])
+
 
 # -----------------------------------------------------------------------------
 # runner

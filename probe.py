@@ -1,0 +1,505 @@
+"""
+Frozen-encoder attentive probing (SPEC section 7): encode every clip ONCE with the frozen target encoder, train a
+grid of attentive probes in parallel on the cached tokens, pick the best head on val, report it on test.
+
+CPU quick start (2 cores, synthetic echo, after `python pretrain.py`):
+    python probe.py --task view --label_frac 0.01                 # view classification from 1 % of the labels
+    python probe.py --task view --label_frac 0.01 --random_init   # the same probe on a random-init encoder
+    python probe.py --task lvef --label_frac 0.02                 # LVEF regression, MAE in EF points
+    python probe.py --task rvsp --label_frac 0.02                 # multi-view RVSP regression (A4C/PSAX/PLAX)
+Robustness (SPEC section 8) and pediatric transfer:
+    python probe.py --task lvef --robustness                      # clean + depth attenuation / shadow x 3 levels
+    python probe.py --task lvef --eval_domain pediatric           # adult-trained probe, zero-shot on pediatric
+    python probe.py --task lvef --train_domain pediatric          # the fine-tuned comparison
+Official weights, real data, a trained probe on other data:
+    python probe.py --task lvef --init vitl.pt --data /data/EchoNet-Dynamic --crop 224 --batch_size 32
+    python probe.py --task lvef --data /data/EchoNet-Pediatric/A4C --fold 0 --ckpt_probe out/probe_lvef/probe.pt
+"""
+import argparse
+import copy
+import csv
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import CONFIGS, AttentiveProbe, Encoder, load_strict, strip_prefixes
+
+# -----------------------------------------------------------------------------
+# config: every default here is the CPU quick start; each line is also a --flag
+
+
+@dataclass
+class Config:
+    task: str = "view"                    # view (classification) | lvef (regression) | rvsp (multi-view regression)
+    label_frac: float = 0.01              # fraction of train labels used: per class / EF bin, >= 2 each, seeded
+    ckpt: str = "out/ckpt.pt"             # pretrain.py checkpoint whose target_encoder is probed
+    init: str = ""                        # official V-JEPA 2 / EchoJEPA checkpoint to probe instead of --ckpt
+    random_init: bool = False             # baseline: the same architecture with random (seeded) weights
+    model: str = ""                       # encoder size ('' = from the checkpoint; vitq with --random_init)
+    data: str = "synthetic"               # 'synthetic', a V-JEPA CSV ('{split}' is filled in) or a data folder
+    eval_data: str = ""                   # data of the test split ('' = --data), e.g. an EchoNet-Pediatric folder
+    fold: int = -1                        # EchoNet-Pediatric fold: k = TEST, k+1 = VAL, the rest TRAIN (-1 = none)
+    train_domain: str = "adult"           # synthetic domain of train and val: adult | pediatric
+    eval_domain: str = ""                 # synthetic domain of test ('' = train_domain; pediatric = zero-shot)
+    n_train: int = 1000                   # synthetic train items (videos; studies for rvsp), before --label_frac
+    n_val: int = 100                      # synthetic val items (choose the best head)
+    n_test: int = 100                     # synthetic test items (x7 encodes with --robustness)
+    frames: int = 16                      # frames per clip (even: tubelets of 2)
+    crop: int = 112                       # clip height = width (multiple of 16)
+    fps: float = 8.0                      # target sampling rate of clip frames
+    num_clips: int = 2                    # clips per video, their tokens concatenated (EchoJEPA: 2 segments)
+    probe_depth: int = 4                  # attentive probe depth: depth-1 self-attention blocks + 1 cross-attention
+    probe_heads: int = 16                 # probe attention heads (the largest divisor of the width up to this)
+    epochs: int = 20                      # probe training epochs
+    batch_size: int = 4                   # videos per probe step and per encoder batch
+    lrs: tuple = (1e-3, 5e-4)             # head grid learning rates (AdamW, cosine to 0); EchoJEPA: 1e-4 5e-5
+    wds: tuple = (0.01, 0.1, 0.4)         # weight decays of the head grid (one head per lr x wd)
+    view_dropout: float = 0.1             # rvsp: probability of hiding a view at train time (>= 1 view kept)
+    ckpt_probe: str = ""                  # evaluate this trained probe.pt instead of training one
+    robustness: bool = False              # also evaluate on corrupted test sets (corrupt.py, SPEC section 8)
+    corruptions: str = "da,gs"            # --robustness corruption kinds, comma-separated (corrupt.KINDS)
+    levels: str = "low,med,high"          # --robustness severities, comma-separated (corrupt.LEVELS)
+    dtype: str = "auto"                   # float32 | bfloat16 | auto (bf16 on CUDA if supported, else fp32)
+    num_workers: int = 1                  # DataLoader processes decoding/rendering clips while the encoder runs
+    cache_dir: str = ""                   # also keep encoded features here, keyed by encoder + data ('' = memory)
+    seed: int = 0                         # seeds the label subset, probe init, batch order and random encoder
+    out_dir: str = ""                     # run folder ('' = out/probe_<task>, + _random with --random_init)
+
+
+# argparse built from the block above; the comment of each line becomes its --help
+HELP = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M))
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+for f in fields(Config):
+    if f.type is bool:
+        parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
+    elif f.type is tuple:
+        parser.add_argument(f"--{f.name}", type=float, nargs="+", default=f.default, help=HELP[f.name])
+    else:
+        choices = {"task": ["view", "lvef", "rvsp"], "model": [""] + sorted(CONFIGS),
+                   "train_domain": ["adult", "pediatric"], "eval_domain": ["", "adult", "pediatric"]}.get(f.name)
+        parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name], choices=choices)
+cfg = Config(**vars(parser.parse_args()))
+cfg.eval_domain = cfg.eval_domain or cfg.train_domain
+cfg.out_dir = cfg.out_dir or os.path.join("out", f"probe_{cfg.task}" + ("_random" if cfg.random_init else ""))
+if not 0 < cfg.label_frac <= 1:
+    parser.error(f"--label_frac {cfg.label_frac} must be in (0, 1]")
+if cfg.crop % 16 or cfg.frames % 2 or cfg.frames < 2:
+    parser.error(f"--crop {cfg.crop} must be a multiple of 16 and --frames {cfg.frames} even")
+if cfg.dtype not in ("auto", "float32", "bfloat16"):
+    parser.error(f"--dtype {cfg.dtype}: choose float32, bfloat16 or auto")
+if cfg.ckpt_probe and not os.path.isfile(cfg.ckpt_probe):
+    parser.error(f"--ckpt_probe {cfg.ckpt_probe}: no such file")
+if cfg.random_init and cfg.init:
+    parser.error("--random_init and --init exclude each other")
+classification, multiview = cfg.task == "view", cfg.task == "rvsp"
+if cfg.robustness:
+    import corrupt
+    kinds, levels = cfg.corruptions.split(","), cfg.levels.split(",")
+    for k in kinds:
+        if k not in corrupt.KINDS:
+            parser.error(f"--corruptions: unknown corruption kind {k!r} (choose from {', '.join(corrupt.KINDS)})")
+    for lv in levels:
+        if lv not in corrupt.LEVELS:
+            parser.error(f"--levels: unknown corruption level {lv!r} (choose from {', '.join(corrupt.LEVELS)})")
+
+
+def fail(msg):
+    """One clear line, no traceback wall."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# -----------------------------------------------------------------------------
+# system: device, dtype (no DDP: the probe trains on cached features, one process is enough)
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+if cfg.dtype == "auto":
+    cfg.dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+autocast = nullcontext() if cfg.dtype == "float32" else torch.autocast(device, dtype=torch.bfloat16)
+torch.backends.cuda.matmul.allow_tf32 = True
+os.makedirs(cfg.out_dir, exist_ok=True)
+
+# -----------------------------------------------------------------------------
+# data: fixed splits; only the train subset chosen by --label_frac is ever encoded
+
+import data  # noqa: E402  (after the argument checks: bad flags fail fast, without the video stack)
+
+
+def dataset(split, domain, src, frame_fn=None):
+    """One probe split, or one clear error line (missing split, a task whose labels the data lacks, bad rows)."""
+    try:
+        return data.build_probe_dataset(src, cfg.task, split, cfg.frames, cfg.crop, cfg.fps, cfg.seed,
+                                        num_clips=cfg.num_clips, domain=domain,
+                                        fold=None if cfg.fold < 0 else cfg.fold, n_train=cfg.n_train,
+                                        n_val=cfg.n_val, n_test=cfg.n_test, frame_fn=frame_fn)
+    except (ValueError, FileNotFoundError) as e:
+        fail(f"--task {cfg.task}, {split} split of {src}: {e}")
+
+
+def label_subset(labels, frac, seed, classification, bins=5):
+    """Train items used at this label fraction: per class (classification) or per quantile bin of the target
+    (regression: every EF range stays represented) ceil(n * frac) items, at least 2 (or all of a smaller group),
+    drawn without replacement by a seeded generator. frac = 1 keeps everything."""
+    labels = np.asarray(labels)
+    if frac >= 1:
+        return np.arange(len(labels))
+    if classification:
+        groups = labels
+    else:  # rank -> bin: equal-count bins, robust to any target scale
+        groups = np.argsort(np.argsort(labels, kind="stable"), kind="stable") * bins // len(labels)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        keep += rng.choice(members, min(len(members), max(2, math.ceil(len(members) * frac))), replace=False).tolist()
+    return np.sort(np.array(keep))
+
+
+# the splits are built before the encoder loads: bad data fails in one line without waiting for the weights
+eval_src = cfg.eval_data or cfg.data
+test_ds = dataset("test", cfg.eval_domain, eval_src)
+if not cfg.ckpt_probe:
+    train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
+
+
+# -----------------------------------------------------------------------------
+# frozen encoder: pretrain.py's target_encoder, an official one, or a random baseline
+
+
+def load_encoder():
+    """(frozen encoder, one-line description of its weights). Official files carry no config: the size is read
+    off the weights (width, depth) unless --model says it; a --model that disagrees with a checkpoint fails."""
+    if cfg.random_init:
+        torch.manual_seed(cfg.seed)
+        name = cfg.model or "vitq"
+        return Encoder(copy.deepcopy(CONFIGS[name])), f"random init {CONFIGS[name].name} (seed {cfg.seed})"
+    path = cfg.init or cfg.ckpt
+    if not os.path.isfile(path):
+        fail(f"no checkpoint at {path}" + ("" if cfg.init else ": run `python pretrain.py` first, or pass --ckpt "
+                                            "PATH, --init PATH (official weights) or --random_init"))
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        fail(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})")
+    if not isinstance(ck, dict) or "target_encoder" not in ck:
+        fail(f"{path}: expected a dict with a 'target_encoder' entry (a pretrain.py or V-JEPA 2 / EchoJEPA file)")
+    sd, ck_cfg = strip_prefixes(ck["target_encoder"]), ck.get("config") or {}
+    name = ck_cfg.get("model")
+    if name is None:  # official file: find the size by width and depth
+        dim, depth = sd["norm.weight"].numel(), len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        name = cfg.model or next((n for n, c in CONFIGS.items() if (c.dim, c.depth) == (dim, depth)), None)
+        if name is None:
+            fail(f"{path}: no known encoder of width {dim} and depth {depth}; pass --model")
+    if name not in CONFIGS:
+        fail(f"{path}: unknown encoder {name!r} in its config")
+    if cfg.model and CONFIGS[cfg.model].name != CONFIGS[name].name:
+        fail(f"--model {cfg.model} does not match the checkpoint's encoder {CONFIGS[name].name} ({path})")
+    mcfg = copy.deepcopy(CONFIGS[name])
+    mcfg.rope = ck_cfg.get("rope", "reference")
+    encoder = Encoder(mcfg)
+    try:
+        load_strict(encoder, sd, f"{path} target_encoder")
+    except ValueError as e:
+        fail(str(e))
+    return encoder, f"{path} ({mcfg.name})"
+
+
+encoder, encoder_source = load_encoder()
+encoder = encoder.to(device).eval().requires_grad_(False)  # frozen: eval mode, no grads, ever
+
+# -----------------------------------------------------------------------------
+# features: the encoder runs once per clip; tokens are cached (memory, optionally disk) and reused by every head
+# and epoch. float16 halves the cache; the probe computes in float32 (or the autocast dtype).
+
+
+@torch.no_grad()
+def encode_batch(encoder, clips, present=None):
+    """Frozen tokens: clips (B, C, 3, T, H, W) -> (B, C*N, D), the C clips of a video concatenated. Multi-view
+    clips (B, V, C, 3, T, H, W) with present (B, V) -> (B, V*C*N, D); missing views are never encoded, their
+    slots stay zero and the probe's key-padding mask hides them."""
+    if present is None:
+        clips, present = clips[:, None], torch.ones(clips.shape[0], 1, dtype=torch.bool)
+    B, V, C = clips.shape[:3]
+    with autocast:
+        z = encoder(clips[present].flatten(0, 1).to(device))  # (P*C, N, D), P present views in the batch
+    z = z.float().view(-1, C * z.shape[1], z.shape[2])  # (P, C*N, D)
+    out = z.new_zeros(B, V, *z.shape[1:])
+    out[present.to(device)] = z
+    return out.flatten(1, 2)  # (B, V*C*N, D)
+
+
+feature_cache, encode_seconds = {}, [0.0]
+weights_key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in encoder.state_dict().values())).hexdigest()
+
+
+def features(name, ds, indices, key_extra=""):
+    """dict(feats (n, L, D) float16, present (n, V), label, study, video) of ds[indices], encoded once per run
+    (memory) and, with --cache_dir, once per (encoder weights, data, geometry, items) on disk."""
+    if name in feature_cache:
+        return feature_cache[name]
+    key = hashlib.sha1(repr((weights_key, cfg.task, cfg.frames, cfg.crop, cfg.fps, cfg.num_clips, cfg.seed,
+                             ds.rows[:3], len(ds), list(indices), key_extra)).encode()).hexdigest()[:16]
+    path = os.path.join(cfg.cache_dir, f"feats_{key}.pt") if cfg.cache_dir else ""
+    if path and os.path.isfile(path):
+        feature_cache[name] = torch.load(path, weights_only=False)
+        return feature_cache[name]
+    t0 = time.time()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(indices)), batch_size=cfg.batch_size,
+                                         num_workers=cfg.num_workers)
+    out = dict(feats=[], present=[], label=[], study=[], video=[])
+    with tqdm(total=len(indices), desc=f"encode {name}", unit="video", dynamic_ncols=True) as bar:
+        for b in loader:
+            present = b.get("present", torch.ones(len(b["label"]), 1, dtype=torch.bool))
+            out["feats"].append(encode_batch(encoder, b["clips"], b.get("present")).half().cpu())
+            out["present"].append(present)
+            out["label"].append(b["label"])
+            out["study"] += list(b["study"])
+            out["video"] += list(b["video"])
+            bar.update(len(b["label"]))
+    for k in ("feats", "present", "label"):
+        out[k] = torch.cat(out[k])
+    encode_seconds[0] += time.time() - t0
+    if path:
+        os.makedirs(cfg.cache_dir, exist_ok=True)
+        torch.save(out, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    feature_cache[name] = out
+    return out
+
+
+# -----------------------------------------------------------------------------
+# probe heads: the lr x wd grid trained in parallel, one AdamW each, on the same batches of cached tokens
+
+
+def key_padding(present, tokens):
+    """(B, V) present views -> (B, V*tokens) key-padding mask, True = ignore; None if nothing is missing
+    (the unmasked SDPA path is faster)."""
+    return None if present.all() else (~present).repeat_interleave(tokens // present.shape[1], dim=1)
+
+
+def drop_views(present, p, gen):
+    """View dropout (EchoJEPA RVSP): hide each present view with probability p, always keeping >= 1 of them."""
+    keep = present & (torch.rand(present.shape, generator=gen) >= p)
+    empty = ~keep.any(1)
+    if empty.any():  # all hidden: bring back one present view at random
+        score = torch.rand(present.shape, generator=gen).masked_fill(~present, -1.0)
+        keep[empty] = F.one_hot(score[empty].argmax(1), present.shape[1]).bool()
+    return keep
+
+
+def loss_fn(out, y):
+    """Cross-entropy for classes; SmoothL1 (beta 1) on z-scored targets for regression (SPEC section 7)."""
+    return F.cross_entropy(out, y.long()) if classification else F.smooth_l1_loss(out[:, 0], y.float(), beta=1.0)
+
+
+def train_heads(heads, grid, f, y):
+    """Train every head on the same shuffled batches: AdamW (decay on weights, none on biases and norms),
+    lr cosine from its grid value to 0 over all steps, no warmup."""
+    opts = []
+    for head, (lr, wd) in zip(heads, grid):
+        ps = list(head.parameters())
+        opts.append(torch.optim.AdamW([dict(params=[p for p in ps if p.ndim >= 2], weight_decay=wd),
+                                       dict(params=[p for p in ps if p.ndim < 2], weight_decay=0.0)], lr=lr))
+    n, gen = len(y), torch.Generator().manual_seed(cfg.seed)
+    total, step = cfg.epochs * math.ceil(n / cfg.batch_size), 0
+    bar = tqdm(range(cfg.epochs), desc="probe epochs", unit="epoch", dynamic_ncols=True)
+    for epoch in bar:
+        losses = torch.zeros(len(heads))
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            x, present = f["feats"][idx].to(device).float(), f["present"][idx]
+            if multiview and cfg.view_dropout > 0:
+                present = drop_views(present, cfg.view_dropout, gen)
+            kpm = key_padding(present, x.shape[1])
+            kpm = None if kpm is None else kpm.to(device)
+            for h, (head, opt, (lr, _)) in enumerate(zip(heads, opts, grid)):
+                for g in opt.param_groups:
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                with autocast:
+                    out = head(x, kpm)
+                loss = loss_fn(out.float(), y[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses[h] += loss.item() * len(idx) / n
+            step += 1
+        bar.set_postfix_str(f"train loss best head {losses.min():.3f}, worst {losses.max():.3f}")
+
+
+@torch.no_grad()
+def predict(heads, f, batch=32):
+    """Outputs of every head, (H, n, num_outputs) float32 on the CPU."""
+    outs = []
+    for i in range(0, len(f["feats"]), batch):
+        x, present = f["feats"][i:i + batch].to(device).float(), f["present"][i:i + batch]
+        kpm = key_padding(present, x.shape[1])
+        kpm = None if kpm is None else kpm.to(device)
+        with autocast:
+            outs.append(torch.stack([h(x, kpm).float() for h in heads]).cpu())
+    return torch.cat(outs, 1)
+
+
+# -----------------------------------------------------------------------------
+# metrics: views per video; regression averaged per study (all clips/videos of a patient share its EF)
+
+
+def evaluate(out, f, zstats):
+    """(metrics dict, prediction rows). out (n, num_outputs) of one head."""
+    labels = f["label"].numpy()
+    if classification:
+        pred, C = out.argmax(1).numpy(), out.shape[1]
+        conf = np.zeros((C, C), np.int64)
+        np.add.at(conf, (labels.astype(int), pred), 1)
+        recall = [conf[c, c] / conf[c].sum() for c in range(C) if conf[c].sum()]
+        m = dict(accuracy=float((pred == labels).mean()), balanced_accuracy=float(np.mean(recall)),
+                 confusion=conf.tolist(), n=len(labels))
+        return m, [(s, v, int(p), int(y)) for s, v, p, y in zip(f["study"], f["video"], pred, labels)]
+    pred = data.zscore(out[:, 0].numpy().astype(np.float64), zstats, inverse=True)
+    studies = sorted(set(f["study"]))
+    where = {s: i for i, s in enumerate(studies)}
+    g = np.array([where[s] for s in f["study"]])
+    count = np.bincount(g, minlength=len(studies))
+    p, y = np.bincount(g, pred) / count, np.bincount(g, labels) / count  # study means
+    err = p - y
+    r2 = 1 - (err ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
+    pearson = float(np.corrcoef(p, y)[0, 1]) if len(y) > 1 and p.std() > 0 and y.std() > 0 else float("nan")
+    m = dict(mae=float(np.abs(err).mean()), rmse=float(np.sqrt((err ** 2).mean())), r2=float(r2), pearson=pearson,
+             n=len(studies))
+    return m, [(s, v, float(q), float(t), float(p[where[s]])) for s, v, q, t in zip(f["study"], f["video"], pred, labels)]
+
+
+def better(a, b):
+    """Is val metrics a better than b? Accuracy for classes, MAE for regression."""
+    return a["accuracy"] > b["accuracy"] if classification else a["mae"] < b["mae"]
+
+
+def write_predictions(split, rows):
+    with open(os.path.join(cfg.out_dir, f"{split}_predictions.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["study", "video", "prediction", "label"] + ([] if classification else ["study_prediction"]))
+        w.writerows(rows)
+
+
+def confusion_png(path, conf, cell=24):
+    """Row-normalised confusion matrix as a grey PNG (rows true, columns predicted, in data.VIEWS order; dark =
+    many), cells of `cell` pixels with light grid lines: a numpy raster, no plotting library."""
+    frac = np.asarray(conf, np.float64) / np.maximum(np.asarray(conf).sum(1, keepdims=True), 1)
+    img = np.kron(255 - np.round(frac * 255), np.ones((cell, cell))).astype(np.uint8)
+    img[::cell, :], img[:, ::cell] = 200, 200
+    data.write_png(path, np.pad(img, ((0, 1), (0, 1)), constant_values=200))
+
+
+# -----------------------------------------------------------------------------
+# the run: features -> heads -> best on val -> test (-> corrupted test sets)
+
+t_train = 0.0
+if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
+    try:
+        pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
+        args, grid, zstats = pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"]
+    except Exception as e:
+        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe.pt written by probe.py ({type(e).__name__}: {e})")
+    if pk["config"]["task"] != cfg.task or args["dim"] != encoder.cfg.dim:
+        fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe of width {args['dim']}, not "
+             f"--task {cfg.task} on this encoder (width {encoder.cfg.dim})")
+    heads = [AttentiveProbe(**args)]
+    try:
+        load_strict(heads[0], pk["classifiers"][0], f"--ckpt_probe {cfg.ckpt_probe}")
+    except ValueError as e:
+        fail(str(e))
+    val_metrics, n_used = pk["val"], pk.get("n_train")
+else:
+    used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
+    n_used = len(used)
+    with open(os.path.join(cfg.out_dir, "train_subset.csv"), "w", newline="") as fh:
+        csv.writer(fh).writerows([["index", "video", "label"]] + [[i, train_ds.rows[i][3], train_ds.labels[i]]
+                                                                  for i in used])
+    tr = features("train", train_ds, used)
+    va = features("val", val_ds, range(len(val_ds)))
+    zstats = None if classification else data.zscore_stats(tr["label"].numpy())
+    y = tr["label"] if classification else torch.from_numpy(data.zscore(tr["label"].numpy(), zstats)).float()
+    dim = encoder.cfg.dim
+    nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
+    args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth,
+                heads=nh, num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips)
+    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
+    torch.manual_seed(cfg.seed)
+    heads = [AttentiveProbe(**args).to(device) for _ in grid]
+    print(f"probe {cfg.task} | encoder {encoder_source} | {n_used}/{len(train_ds)} train items "
+          f"(label_frac {cfg.label_frac}) | {len(grid)} heads x {cfg.epochs} epochs | probe depth "
+          f"{cfg.probe_depth}, {nh} heads | tokens/item {tr['feats'].shape[1]} x {dim}")
+    t0 = time.time()
+    train_heads(heads, grid, tr, y.to(device))
+    t_train = time.time() - t0
+    val_out = predict(heads, va)
+    val_all = [evaluate(o, va, zstats) for o in val_out]
+    order = sorted(range(len(heads)), key=lambda h: (-val_all[h][0]["accuracy"], h) if classification
+                   else (val_all[h][0]["mae"], h))  # best first
+    heads, grid = [heads[h] for h in order], [grid[h] for h in order]
+    val_metrics = [dict(lr=grid[i][0], wd=grid[i][1], **val_all[h][0]) for i, h in enumerate(order)]
+    write_predictions("val", val_all[order[0]][1])
+    # classifiers: every head's state dict, best on val first (grid and val list the same order)
+    torch.save(dict(classifiers=[h.state_dict() for h in heads], grid=grid, val=val_metrics, zscore=zstats,
+                    probe_args=args, n_train=n_used, encoder=encoder_source, config=asdict(cfg)),
+               os.path.join(cfg.out_dir, "probe.pt"))
+
+best = heads[0].eval()
+results = {}
+te = features("test", test_ds, range(len(test_ds)))
+results["test"], rows = evaluate(predict([best], te)[0], te, zstats)
+write_predictions("test", rows)
+if classification:
+    confusion_png(os.path.join(cfg.out_dir, "confusion_test.png"), results["test"]["confusion"])
+
+if cfg.robustness:  # same probe, test videos corrupted on the fly (one static map per video, SPEC section 8)
+    for kind in kinds:
+        for level in levels:
+            fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
+            ds = dataset("test", cfg.eval_domain, eval_src, frame_fn=fn)
+            f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level))
+            results[f"{kind}_{level}"] = evaluate(predict([best], f)[0], f, zstats)[0]
+            del feature_cache[f"test_{kind}_{level}"]  # evaluated once: free the memory
+
+# -----------------------------------------------------------------------------
+# report: metrics.json and one summary table
+
+key = "accuracy" if classification else "mae"
+clean = results["test"][key]
+for name, m in results.items():  # relative degradation: MAE increase / accuracy drop, % of clean
+    if name != "test":
+        m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
+avg_deg = float(np.mean([m["degradation_pct"] for n, m in results.items() if n != "test"])) if cfg.robustness else None
+summary = dict(task=cfg.task, encoder=encoder_source, label_frac=cfg.label_frac, n_train=n_used,
+               best=dict(lr=grid[0][0], wd=grid[0][1]), val=val_metrics, test=results.pop("test"),
+               robustness=results or None, avg_degradation_pct=avg_deg, train_domain=cfg.train_domain,
+               eval_domain=cfg.eval_domain, seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)),
+               config=asdict(cfg))
+with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
+    json.dump(summary, fh, indent=1)
+
+cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
+unit = "" if classification else (" (EF points)" if cfg.task == "lvef" else " (mmHg)")
+print(f"\n{cfg.task} probe{unit} | {encoder_source} | {n_used} train items | best head lr {grid[0][0]:g} "
+      f"wd {grid[0][1]:g} | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
+print(f"{'set':<22}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
+table = [(f"val ({cfg.train_domain}, best)", val_metrics[0]), (f"test ({cfg.eval_domain})", summary["test"])]
+table += [(f"  {n.replace('_', ' ')}", m) for n, m in results.items()]
+for name, m in table:
+    print(f"{name:<22}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
+          + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
+if cfg.robustness:
+    print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")
