@@ -80,12 +80,15 @@ def rope_tables(pos, grid, head_dim, layout="reference"):
         angles.append(a.repeat(1, 1, 2) if layout == "reference" else a.repeat_interleave(2, dim=-1))  # (B, K, d)
     angles.append(torch.zeros(*pos.shape, head_dim - 3 * d, device=pos.device))  # unrotated rest
     angles = torch.cat(angles, dim=-1).unsqueeze(1)  # (B, 1, K, hs)
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    sin[..., 0::2] *= -1  # the sign of rot(x) below, folded into the table once per forward
+    return angles.cos(), sin
 
 
 def apply_rope(x, cos, sin):
-    """x (B, nh, K, hs) -> x*cos + rot(x)*sin with rot pairing adjacent dims: (x0, x1) -> (-x1, x0)."""
-    rot = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)  # (B, nh, K, hs)
+    """x (..., K, hs) -> x*cos + rot(x)*sin, rot pairing adjacent dims (x0, x1) -> (-x1, x0): the pair swap is one
+    flip, its minus sign lives in the table from rope_tables."""
+    rot = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x0, x1) -> (x1, x0), (..., K, hs)
     return x * cos.to(x.dtype) + rot * sin.to(x.dtype)
 
 
@@ -103,9 +106,9 @@ class Attention(nn.Module):
 
     def forward(self, x, rope=None, mask=None):
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, N, hs)
-        if rope is not None:  # RoPE on q and k, never v
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, nh, N, hs)
+        v = qkv[2]
+        q, k = apply_rope(qkv[:2], *rope) if rope is not None else qkv[:2]  # RoPE on q and k in one go, never v
         if self.use_sdpa:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -174,13 +177,28 @@ def _run_blocks(blocks, x, rope, checkpoint):
 
 
 class PatchEmbed3D(nn.Module):
+    """Tubelet embedding. The parameter is the official Conv3d (key patch_embed.proj.*), but a conv whose stride
+    equals its kernel is one matmul per tubelet: we cut the clip into tubelets and multiply only the ones kept by
+    idx, so a context pass embeds its 5-40 % of the tokens instead of all of them (same numbers as the conv up to
+    fp32 summation order, ~1e-6; NOTES-perf: the conv was ~12 % of a CPU quick-start step)."""
+
     def __init__(self, in_chans, dim, patch_size, tubelet_size):
         super().__init__()
         k = (tubelet_size, patch_size, patch_size)
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=k, stride=k)
 
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, T', H', W') -> (B, N, D), tokens in (t, h, w) order
+    def forward(self, x, idx=None):
+        """x (B, C, T, H, W) -> (B, N, D) tokens in (t, h, w) order, or with idx (B, K) only those (B, K, D)."""
+        B, C, T, H, W = x.shape
+        t, p = self.proj.kernel_size[:2]
+        Tp, Hp, Wp = T // t, H // p, W // p
+        x = x.view(B, C, Tp, t, Hp, p, Wp, p).permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T', H', W', C, t, p, p), a view
+        if idx is None:
+            x = x.reshape(B, Tp * Hp * Wp, -1)  # (B, N, C*t*p*p)
+        else:  # copy out only the kept tubelets
+            b = torch.arange(B, device=idx.device).unsqueeze(1)  # (B, 1)
+            x = x[b, idx // (Hp * Wp), (idx // Wp) % Hp, idx % Wp].reshape(B, idx.size(1), -1)  # (B, K, C*t*p*p)
+        return F.linear(x, self.proj.weight.flatten(1), self.proj.bias)  # weight (D, C, t, p, p) -> (D, C*t*p*p)
 
 
 class Encoder(nn.Module):
@@ -206,12 +224,9 @@ class Encoder(nn.Module):
 
     def forward(self, x, idx=None):
         grid = self.grid(x)
-        x = self.patch_embed(x)  # (B, N, D)
-        if idx is None:
-            pos = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # (1, N)
-        else:  # masked tokens are dropped (gathered away), never zeroed; they keep their true positions via RoPE
-            x = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (B, K, D)
-            pos = idx
+        # masked tokens are dropped (never embedded), not zeroed; the kept ones keep their true positions via RoPE
+        x = self.patch_embed(x, idx)  # (B, N or K, D)
+        pos = torch.arange(x.size(1), device=x.device).unsqueeze(0) if idx is None else idx  # (1, N) or (B, K)
         rope = rope_tables(pos, grid, self.cfg.dim // self.cfg.heads, self.cfg.rope)
         x = _run_blocks(self.blocks, x, rope, self.grad_checkpointing)
         return self.norm(x)

@@ -288,7 +288,7 @@ def step_flops(mcfg, grid, mask_budgets, target=True, out_dim=None):
     One ViT forward over n tokens: F(n) = L * (2 n P + 4 n^2 d), P = (4 + 2r) d^2 matmul weights per block,
     attention 4 n^2 d (QK^T and AV). Backward = 2 x forward. Per clip:
       target encoder, forward on N:           F(N; enc) + 2 N Pe            (Pe = 3 t p^2 d, patch embed)
-      context encoder, per mask, fwd+bwd:     3 F(C_m; enc) + 4 N Pe        (patch embed: no input grad)
+      context encoder, per mask, fwd+bwd:     3 F(C_m; enc) + 4 C_m Pe      (only kept tubelets embedded; no input grad)
       predictor, per mask, fwd+bwd:           3 F(C_m + K_m; pred) + 6 (C_m + K_m) d d_p   (embed + proj)
     Activation checkpointing recomputes one forward: hardware FLOPs, not counted here.
     MAE (target=False, out_dim = pixels per tubelet): no target pass, the decoder projects to out_dim."""
@@ -300,7 +300,7 @@ def step_flops(mcfg, grid, mask_budgets, target=True, out_dim=None):
     mm = (L * 2 * N * P + 2 * N * Pe) if target else 0
     att = L * 4 * N * N * d if target else 0
     for C, K in mask_budgets:
-        mm += 3 * L * 2 * C * P + 4 * N * Pe + 3 * Lp * 2 * (C + K) * Pp + 6 * (C * d + K * (out_dim or d)) * dp
+        mm += 3 * L * 2 * C * P + 4 * C * Pe + 3 * Lp * 2 * (C + K) * Pp + 6 * (C * d + K * (out_dim or d)) * dp
         att += 3 * (L * 4 * C * C * d + Lp * 4 * (C + K) ** 2 * dp)
     return mm, att
 
