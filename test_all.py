@@ -246,6 +246,23 @@ def test_probe_key_padding_and_slots():
         assert not torch.allclose(probe(tok), probe(tok2), atol=1e-3)
 
 
+def test_probe_attention_weights_match_sdpa():
+    # the explicit cross-attention behind probe.py --attn_maps equals the SDPA path; its weights are a distribution
+    # over each item's tokens (sum 1 per head) with nothing on key-padded tokens
+    torch.manual_seed(0)
+    probe = AttentiveProbe(32, 3, depth=2, heads=4, num_views=2, num_clips=2).eval()
+    for p in probe.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # far from uniform attention
+    tok, kpm = torch.randn(3, 20, 32), torch.zeros(3, 20, dtype=torch.bool)
+    kpm[0, 10:] = True  # item 0: view 1 missing
+    with torch.no_grad():
+        for m in (None, kpm):
+            out, att = probe(tok, m, return_attn=True)
+            assert att.shape == (3, 4, 1, 20) and torch.allclose(att.sum(-1), torch.ones(3, 4, 1), atol=1e-5)
+            assert torch.allclose(out, probe(tok, m), atol=1e-5), (out - probe(tok, m)).abs().max()
+    assert (att[0, ..., 10:] == 0).all() and att[0, ..., :10].std() > 0.01
+
+
 # -----------------------------------------------------------------------------
 # masks
 
