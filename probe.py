@@ -15,6 +15,10 @@ Robustness (SPEC section 8) and pediatric transfer:
 Official weights, real data, a trained probe on other data:
     python probe.py --task lvef --init vitl.pt --data /data/EchoNet-Dynamic --crop 224 --batch_size 32
     python probe.py --task lvef --data /data/EchoNet-Pediatric/A4C --fold 0 --ckpt_probe out/probe_lvef/probe.pt
+    python probe.py --task lvef --ckpt_probe official_probe.pt --init vitl.pt --data /data/EchoNet-Dynamic --crop 224
+External validation (no retraining) and pictures:
+    python probe.py --task lvef --data /data/EchoNet-Dynamic --eval_data /data/EchoNet-Pediatric/A4C --fold 0
+    python probe.py --task view --attn_maps 8 --embed_map         # attention heat maps, PCA map of the embeddings
 """
 import argparse
 import copy
@@ -28,7 +32,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 
 import numpy as np
@@ -56,7 +60,7 @@ class Config:
     random_init: bool = False             # baseline: the same architecture with random (seeded) weights
     model: str = ""                       # encoder size ('' = from the checkpoint; vitq with --random_init)
     data: str = "synthetic"               # 'synthetic', a V-JEPA CSV ('{split}' is filled in) or a data folder
-    eval_data: str = ""                   # data of the test split ('' = --data), e.g. an EchoNet-Pediatric folder
+    eval_data: list = field(default_factory=list)  # external test sets (repeatable; their test split, no retraining)
     fold: int = -1                        # EchoNet-Pediatric fold: k = TEST, k+1 = VAL, the rest TRAIN (-1 = none)
     train_domain: str = "adult"           # synthetic domain of train and val: adult | pediatric
     eval_domain: str = ""                 # synthetic domain of test ('' = train_domain; pediatric = zero-shot)
@@ -74,7 +78,9 @@ class Config:
     lrs: tuple = (1e-3, 5e-4)             # head grid learning rates (AdamW, cosine to 0); EchoJEPA: 1e-4 5e-5
     wds: tuple = (0.01, 0.1, 0.4)         # weight decays of the head grid (one head per lr x wd)
     view_dropout: float = 0.1             # rvsp: probability of hiding a view at train time (>= 1 view kept)
-    ckpt_probe: str = ""                  # evaluate this trained probe.pt instead of training one
+    ckpt_probe: str = ""                  # evaluate this probe.pt or official V-JEPA 2/EchoJEPA probe, no training
+    attn_maps: int = 0                    # write the best head's cross-attention maps of the first N test videos
+    embed_map: bool = False               # write a PCA map of the mean-pooled test embeddings, print a silhouette
     robustness: bool = False              # also evaluate on corrupted test sets (corrupt.py, SPEC section 8)
     corruptions: str = "da,gs"            # --robustness corruption kinds, comma-separated (corrupt.KINDS)
     levels: str = "low,med,high"          # --robustness severities, comma-separated (corrupt.LEVELS)
@@ -91,6 +97,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 for f in fields(Config):
     if f.type is bool:
         parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
+    elif f.type is list:  # --eval_data A B, or --eval_data A --eval_data B
+        parser.add_argument(f"--{f.name}", nargs="+", action="extend", default=[], help=HELP[f.name])
     elif f.type is tuple:
         parser.add_argument(f"--{f.name}", type=float, nargs="+", default=f.default, help=HELP[f.name])
     else:
@@ -110,6 +118,11 @@ if cfg.ckpt_probe and not os.path.isfile(cfg.ckpt_probe):
     parser.error(f"--ckpt_probe {cfg.ckpt_probe}: no such file")
 if cfg.random_init and cfg.init:
     parser.error("--random_init and --init exclude each other")
+for p in cfg.eval_data:
+    if p != "synthetic" and not os.path.exists(p.replace("{split}", "test")):
+        parser.error(f"--eval_data {p}: no such file or folder")
+if cfg.attn_maps < 0:
+    parser.error(f"--attn_maps {cfg.attn_maps} must be >= 0")
 classification, multiview = cfg.task == "view", cfg.task == "rvsp"
 if cfg.robustness:
     import corrupt
@@ -175,8 +188,11 @@ def label_subset(labels, frac, seed, classification, bins=5):
 
 
 # the splits are built before the encoder loads: bad data fails in one line without waiting for the weights
-eval_src = cfg.eval_data or cfg.data
-test_ds = dataset("test", cfg.eval_domain, eval_src)
+test_ds = dataset("test", cfg.eval_domain, cfg.data)
+bases = [re.sub(r"\W+", "_", os.path.basename(os.path.normpath(p.replace("{split}", "test"))).rsplit(".", 1)[0])
+         for p in cfg.eval_data]  # a set is named by its file or folder name, numbered if two names collide
+ext = {f"eval{i + 1}_{b}" if bases.count(b) > 1 else f"eval_{b}": (p, dataset("test", cfg.eval_domain, p))
+       for i, (b, p) in enumerate(zip(bases, cfg.eval_data))}
 if not cfg.ckpt_probe:
     train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
 
@@ -380,7 +396,8 @@ def evaluate(out, f, zstats):
     count = np.bincount(g, minlength=len(studies))
     p, y = np.bincount(g, pred) / count, np.bincount(g, labels) / count  # study means
     err = p - y
-    r2 = 1 - (err ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
+    ss = ((y - y.mean()) ** 2).sum()
+    r2 = 1 - (err ** 2).sum() / ss if ss > 0 else float("nan")  # undefined for one study or equal labels
     pearson = float(np.corrcoef(p, y)[0, 1]) if len(y) > 1 and p.std() > 0 and y.std() > 0 else float("nan")
     m = dict(mae=float(np.abs(err).mean()), rmse=float(np.sqrt((err ** 2).mean())), r2=float(r2), pearson=pearson,
              n=len(studies))
@@ -404,24 +421,142 @@ def confusion_png(path, conf, cell=24):
 
 
 # -----------------------------------------------------------------------------
+# pictures: numpy rasters written with PyAV (data.write_png / write_video), no plotting library
+
+
+@torch.no_grad()
+def attention_maps(head, f, ds, n):
+    """attn_maps/<i>_<video>.mp4 for the first n test videos: the head's cross-attention weights (query -> tokens,
+    mean over heads) on the video's first clip (first present view for rvsp), one (H/16, W/16) map per tubelet of 2
+    frames, nearest-upsampled, min-max scaled per clip (even near-uniform attention fills the colour range: the
+    print gives the peak weight over the uniform 1/N), in jet colours blended 50/50 on the grey frames the encoder
+    saw; <i>_<video>.png: 4 of its frames, grey above, heat map below."""
+    pt, ps = encoder.cfg.tubelet_size, encoder.cfg.patch_size
+    grid = (cfg.frames // pt, cfg.crop // ps, cfg.crop // ps)
+    N = math.prod(grid)  # tokens per clip
+    os.makedirs(os.path.join(cfg.out_dir, "attn_maps"), exist_ok=True)
+    peaks = []
+    for i in range(min(n, len(ds))):
+        x, present = f["feats"][i:i + 1].to(device).float(), f["present"][i:i + 1]
+        kpm = key_padding(present, x.shape[1])
+        with autocast:
+            att = head(x, None if kpm is None else kpm.to(device), return_attn=True)[1].float()  # (1, nh, 1, L)
+        v = int(present[0].int().argmax())  # slots: view v's clips start at token v * num_clips * N
+        w = att[0, :, 0, v * cfg.num_clips * N:][:, :N].mean(0).view(grid).cpu().numpy()  # (T', H', W')
+        clip = ds[i]["clips"][(v, 0) if multiview else 0][0].numpy()  # (T, crop, crop), ImageNet-normalised
+        grey = np.clip((clip * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]) * 255 + 0.5, 0, 255).astype(np.uint8)
+        peaks.append(w.max() * N / w.sum())
+        heat = ((w - w.min()) / max(w.max() - w.min(), 1e-12)).repeat(pt, 0).repeat(ps, 1).repeat(ps, 2)  # (T, H, W)
+        rgb = (0.5 * grey[..., None] + 0.5 * data.jet(heat) + 0.5).astype(np.uint8)  # (T, crop, crop, 3)
+        path = os.path.join(cfg.out_dir, "attn_maps", f"{i:03d}_" + re.sub(r"[^\w.-]+", "_", f["video"][i]))
+        data.write_video(path + ".mp4", rgb, cfg.fps, codec="libx264")
+        pick = np.linspace(0, len(rgb) - 1, min(4, len(rgb))).round().astype(int)
+        data.write_png(path + ".png", np.concatenate([np.hstack(np.repeat(grey[pick, ..., None], 3, -1)),
+                                                      np.hstack(rgb[pick])]))
+    print(f"attention maps of {len(peaks)} test videos in {os.path.join(cfg.out_dir, 'attn_maps')}: peak weight "
+          f"{np.mean(peaks):.1f}x uniform on average")
+
+
+def pca2(x):
+    """The first two principal components of the rows of x (n, D), by SVD of the centred data: coordinates (n, 2),
+    directions (D, 2) and the fraction of the total variance each explains (2,)."""
+    x = x - x.mean(0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    return x @ vh[:2].T, vh[:2].T, s[:2] ** 2 / (s ** 2).sum().clamp_min(1e-30)
+
+
+def silhouette(x, labels):
+    """Mean silhouette (Rousseeuw 1987) of the groups `labels` among the rows of x (n, D), Euclidean distance (as
+    sklearn's default): per point (b - a) / max(a, b), a = mean distance to its own group, b = to the nearest
+    other group; 0 for a point alone in its group; nan with fewer than 2 groups. 1 = tight, separate groups."""
+    x, labels = np.asarray(x, np.float64), np.asarray(labels)
+    groups = np.unique(labels)
+    if len(groups) < 2:
+        return float("nan")
+    sq = (x ** 2).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * x @ x.T, 0))  # (n, n)
+    np.fill_diagonal(d, 0)  # exactly, not sqrt(rounding error)
+    member = labels[:, None] == groups[None]  # (n, G)
+    size, own = member.sum(0), member.argmax(1)
+    mean_to = d @ member / size  # (n, G) mean distance to each group (own group: includes the 0 to itself)
+    a = mean_to[np.arange(len(x)), own] * size[own] / np.maximum(size[own] - 1, 1)
+    b = np.where(member, np.inf, mean_to).min(1)
+    return float(np.where(size[own] > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-30), 0).mean())
+
+
+def embed_map(f, S=400):
+    """embed_map.png (S x S+140): PC1/PC2 scatter of the test videos' mean-pooled frozen tokens (present views only),
+    coloured by view for --task view and by label quintile for lvef/rvsp (their clips are all A4C / all views),
+    with a legend; plus the silhouette of those groups in the full embedding space. Returns the numbers."""
+    keep = f["present"].repeat_interleave(f["feats"].shape[1] // f["present"].shape[1], dim=1)[..., None]  # (n, L, 1)
+    x = (f["feats"].float() * keep).sum(1) / keep.sum(1)  # (n, D)
+    y = f["label"].numpy()
+    if classification:
+        groups, names, colours = y.astype(int), data.VIEWS + [str(c) for c in range(len(data.VIEWS), 99)], data.PALETTE
+    else:
+        edges = np.quantile(y, [0, 0.2, 0.4, 0.6, 0.8, 1])
+        groups = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, 4)
+        names, colours = [f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(edges, edges[1:])], data.jet(np.arange(0.1, 1, 0.2))
+    z, _, ratio = pca2(x.double())
+    sil = silhouette(x.numpy(), groups)
+    z = z.numpy()
+    img, r = np.full((S, S + 140, 3), 255, np.uint8), 3  # white; points of radius r
+    img[[0, S - 1], :S], img[:, [0, S - 1]] = 160, 160  # frame of the plot
+    p = (r + 2 + (z - z.min(0)) / np.maximum(np.ptp(z, 0), 1e-12) * (S - 2 * r - 5) + 0.5).astype(int)  # (n, 2)
+    dy, dx = np.nonzero(np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r + 0.3)  # a disc
+    o = np.random.default_rng(0).permutation(len(p))  # painting order: no group always on top
+    img[S - 1 - p[o, 1, None] + dy - r, p[o, 0, None] + dx - r] = colours[groups[o] % len(colours)][:, None]
+    data.draw_text(img, 10, S + 10, cfg.task, (0, 0, 0))
+    for k, g in enumerate(np.unique(groups)):  # legend: swatch and name of every group present
+        img[30 + 18 * k:40 + 18 * k, S + 10:S + 20] = colours[g % len(colours)]
+        data.draw_text(img, 30 + 18 * k, S + 26, names[g], (0, 0, 0))
+    for k, t in enumerate((f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}")):
+        data.draw_text(img, S - 60 + 18 * k, S + 10, t, (0, 0, 0))
+    data.write_png(os.path.join(cfg.out_dir, "embed_map.png"), img)
+    what = "views" if classification else "label quintiles"
+    print(f"embedding map: {os.path.join(cfg.out_dir, 'embed_map.png')} | PC1, PC2 explain {100 * ratio[0]:.1f} %, "
+          f"{100 * ratio[1]:.1f} % | silhouette of the {what} (Euclidean, {x.shape[1]}-d) {sil:.3f}")
+    return dict(silhouette=sil, groups=what, explained_variance=ratio.tolist())
+
+
+# -----------------------------------------------------------------------------
 # the run: features -> heads -> best on val -> test (-> corrupted test sets)
 
 t_train = 0.0
 if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
     try:
         pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
-        args, grid, zstats = pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"]
+        sd = strip_prefixes(pk["classifiers"][0])
     except Exception as e:
-        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe.pt written by probe.py ({type(e).__name__}: {e})")
-    if pk["config"]["task"] != cfg.task or args["dim"] != encoder.cfg.dim:
-        fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe of width {args['dim']}, not "
-             f"--task {cfg.task} on this encoder (width {encoder.cfg.dim})")
+        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint with a 'classifiers' list ({type(e).__name__}: {e})")
+    if "probe_args" in pk:  # ours (probe.py)
+        args, grid, zstats, val_metrics, n_used = (pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"],
+                                                   pk["val"], pk.get("n_train"))
+        if pk["config"]["task"] != cfg.task:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
+    else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
+        if "pooler.query_tokens" not in sd or "linear.weight" not in sd:
+            fail(f"--ckpt_probe {cfg.ckpt_probe}: classifiers[0] has no pooler.query_tokens / linear.weight keys")
+        dim = sd["pooler.query_tokens"].shape[-1]
+        nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)
+        args = dict(dim=dim, num_outputs=len(sd["linear.weight"]), heads=nh,
+                    depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
+                    num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
+        grid, val_metrics, n_used, zstats = [], None, None, None
+        if len(pk["classifiers"]) > 1:
+            print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
+        if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
+            zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
+            print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
+                  f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
+    if args["dim"] != encoder.cfg.dim:
+        fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {args['dim']}, this encoder's width is "
+             f"{encoder.cfg.dim} ({encoder_source})")
     heads = [AttentiveProbe(**args).to(device)]
     try:
-        load_strict(heads[0], pk["classifiers"][0], f"--ckpt_probe {cfg.ckpt_probe}")
+        load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")
     except ValueError as e:
         fail(str(e))
-    val_metrics, n_used = pk["val"], pk.get("n_train")
 else:
     used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
     n_used = len(used)
@@ -457,22 +592,37 @@ else:
                     probe_args=args, n_train=n_used, encoder=encoder_source, config=asdict(cfg)),
                os.path.join(cfg.out_dir, "probe.pt"))
 
+if classification:  # a class id beyond the probe's outputs: the data's label map is not the probe's
+    for src, ds in [(cfg.data, test_ds), *ext.values()]:
+        if max(ds.labels) >= args["num_outputs"]:
+            fail(f"{src}: class id {max(ds.labels)} in its test split, the probe has {args['num_outputs']} classes")
+
 best = heads[0].eval()
-results = {}
-te = features("test", test_ds, range(len(test_ds)))
-results["test"], rows = evaluate(predict([best], te)[0], te, zstats)
-write_predictions("test", rows)
-if classification:
-    confusion_png(os.path.join(cfg.out_dir, "confusion_test.png"), results["test"]["confusion"])
+results, external = {}, {}
+for name, (src, ds) in {"test": (cfg.data, test_ds), **ext}.items():  # built-in test, then --eval_data (as is)
+    f = features(name, ds, range(len(ds)))
+    m, rows = evaluate(predict([best], f)[0], f, zstats)
+    write_predictions(name, rows)
+    if classification:
+        confusion_png(os.path.join(cfg.out_dir, f"confusion_{name}.png"), m["confusion"])
+    if name == "test":
+        results["test"] = m
+    else:  # evaluated once: free the memory
+        external[name] = dict(data=src, **m)
+        del feature_cache[name]
+te = feature_cache["test"]
 
 if cfg.robustness:  # same probe, test videos corrupted on the fly (one static map per video, SPEC section 8)
     for kind in kinds:
         for level in levels:
             fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
-            ds = dataset("test", cfg.eval_domain, eval_src, frame_fn=fn)
+            ds = dataset("test", cfg.eval_domain, cfg.data, frame_fn=fn)
             f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level))
             results[f"{kind}_{level}"] = evaluate(predict([best], f)[0], f, zstats)[0]
             del feature_cache[f"test_{kind}_{level}"]  # evaluated once: free the memory
+if cfg.attn_maps:
+    attention_maps(best, te, test_ds, cfg.attn_maps)
+embed_info = embed_map(te) if cfg.embed_map else None
 
 # -----------------------------------------------------------------------------
 # report: metrics.json and one summary table
@@ -484,8 +634,9 @@ for name, m in results.items():  # relative degradation: MAE increase / accuracy
         m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
 avg_deg = float(np.mean([m["degradation_pct"] for n, m in results.items() if n != "test"])) if cfg.robustness else None
 summary = dict(task=cfg.task, encoder=encoder_source, label_frac=cfg.label_frac, n_train=n_used,
-               best=dict(lr=grid[0][0], wd=grid[0][1]), val=val_metrics, test=results.pop("test"),
-               robustness=results or None, avg_degradation_pct=avg_deg, train_domain=cfg.train_domain,
+               best=dict(lr=grid[0][0], wd=grid[0][1]) if grid else None, val=val_metrics, test=results.pop("test"),
+               external=external or None, robustness=results or None, avg_degradation_pct=avg_deg,
+               embed_map=embed_info, train_domain=cfg.train_domain,
                eval_domain=cfg.eval_domain, seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)),
                config=asdict(cfg))
 with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
@@ -493,14 +644,17 @@ with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
 
 cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
 unit = "" if classification else (" (EF points)" if cfg.task == "lvef" else " (mmHg)")
-print(f"\n{cfg.task} probe{unit} | {encoder_source} | {n_used} train items | best head lr {grid[0][0]:g} "
-      f"wd {grid[0][1]:g} | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
-print(f"{'set':<26}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
-table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0]),
-         (f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
+print(f"\n{cfg.task} probe{unit} | {encoder_source} | " + (f"{n_used} train items | " if n_used else "")
+      + (f"best head lr {grid[0][0]:g} wd {grid[0][1]:g}" if grid else f"official probe {cfg.ckpt_probe}")
+      + f" | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
+table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0])] if val_metrics else []
+table += [(f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
 table += [(f"  {n.split('_')[0].upper()} {n.split('_')[1]}", m) for n, m in results.items()]
+table += list(external.items())  # --eval_data sets: their paths are in metrics.json
+w = max(26, *(len(n) + 2 for n, _ in table))
+print(f"{'set':<{w}}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
 for name, m in table:
-    print(f"{name:<26}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
+    print(f"{name:<{w}}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
           + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
 if cfg.robustness:
     print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")
