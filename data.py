@@ -285,6 +285,25 @@ def draw_text(img, y, x, text, color, scale=2):
         box = img[y:y + 5 * scale, x + 4 * scale * i:x + 4 * scale * i + 3 * scale]
         box[glyph[:box.shape[0], :box.shape[1]]] = color
 
+
+def scatter_png(path, xy, colours, legend, title="", notes=(), S=400, r=3):
+    """Scatter plot PNG (S, S + 140, 3): points xy (n, 2) fitted into an S x S frame (y up), discs of radius r in
+    colours (n, 3), painted in a seeded random order (no group always on top); a right column with the title, the
+    legend [(colour, name)] and, at the bottom, the notes."""
+    img = np.full((S, S + 140, 3), 255, np.uint8)
+    img[[0, S - 1], :S], img[:, [0, S - 1]] = 160, 160  # frame
+    p = (r + 2 + (xy - xy.min(0)) / np.maximum(np.ptp(xy, 0), 1e-12) * (S - 2 * r - 5) + 0.5).astype(int)  # (n, 2)
+    dy, dx = np.nonzero(np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r + 0.3)  # offsets of a disc, + r
+    o = np.random.default_rng(0).permutation(len(p))
+    img[S - 1 - r - p[o, 1, None] + dy, p[o, 0, None] + dx - r] = colours[o][:, None]  # (n, disc) pixels
+    draw_text(img, 10, S + 10, title, (0, 0, 0))
+    for k, (colour, name) in enumerate(legend):
+        img[30 + 18 * k:40 + 18 * k, S + 10:S + 20] = colour
+        draw_text(img, 30 + 18 * k, S + 26, name, (0, 0, 0))
+    for k, note in enumerate(notes):
+        draw_text(img, S - 18 * (len(notes) - k), S + 10, note, (0, 0, 0))
+    write_png(path, img)
+
 # -----------------------------------------------------------------------------
 # clip sampling and transforms
 

@@ -306,9 +306,9 @@ def features(name, ds, indices, key_extra=""):
 
 
 def key_padding(present, tokens):
-    """(B, V) present views -> (B, V*tokens) key-padding mask, True = ignore; None if nothing is missing
-    (the unmasked SDPA path is faster)."""
-    return None if present.all() else (~present).repeat_interleave(tokens // present.shape[1], dim=1)
+    """(B, V) present views -> (B, V*tokens) key-padding mask on the device, True = ignore; None if nothing is
+    missing (the unmasked SDPA path is faster)."""
+    return None if present.all() else (~present).repeat_interleave(tokens // present.shape[1], dim=1).to(device)
 
 
 def drop_views(present, p, gen):
@@ -346,7 +346,6 @@ def train_heads(heads, grid, f, y):
             if multiview and cfg.view_dropout > 0:
                 present = drop_views(present, cfg.view_dropout, gen)
             kpm = key_padding(present, x.shape[1])
-            kpm = None if kpm is None else kpm.to(device)
             for h, (head, opt, (lr, _)) in enumerate(zip(heads, opts, grid)):
                 for g in opt.param_groups:
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -368,7 +367,6 @@ def predict(heads, f, batch=32):
     for i in range(0, len(f["feats"]), batch):
         x, present = f["feats"][i:i + batch].to(device).float(), f["present"][i:i + batch]
         kpm = key_padding(present, x.shape[1])
-        kpm = None if kpm is None else kpm.to(device)
         with autocast:
             outs.append(torch.stack([h(x, kpm).float() for h in heads]).cpu())
     return torch.cat(outs, 1)
@@ -426,95 +424,76 @@ def confusion_png(path, conf, cell=24):
 
 @torch.no_grad()
 def attention_maps(head, f, ds, n):
-    """attn_maps/<i>_<video>.mp4 for the first n test videos: the head's cross-attention weights (query -> tokens,
-    mean over heads) on the video's first clip (first present view for rvsp), one (H/16, W/16) map per tubelet of 2
-    frames, nearest-upsampled, min-max scaled per clip (even near-uniform attention fills the colour range: the
-    print gives the peak weight over the uniform 1/N), in jet colours blended 50/50 on the grey frames the encoder
-    saw; <i>_<video>.png: 4 of its frames, grey above, heat map below."""
+    """attn_maps/<i>_<video>.mp4 of the first n test videos: the head's cross-attention (query -> tokens, mean of the
+    heads) on the first clip (of the first present view), one map per tubelet (2 frames, 16 x 16 px), min-max scaled
+    per clip, in jet colours blended 50/50 on the grey frames the encoder saw; .png: 4 frames, grey above heat."""
     pt, ps = encoder.cfg.tubelet_size, encoder.cfg.patch_size
     grid = (cfg.frames // pt, cfg.crop // ps, cfg.crop // ps)
-    N = math.prod(grid)  # tokens per clip
+    N, peaks = math.prod(grid), []  # tokens per clip; peak weight / uniform weight
     os.makedirs(os.path.join(cfg.out_dir, "attn_maps"), exist_ok=True)
-    peaks = []
     for i in range(min(n, len(ds))):
         x, present = f["feats"][i:i + 1].to(device).float(), f["present"][i:i + 1]
-        kpm = key_padding(present, x.shape[1])
         with autocast:
-            att = head(x, None if kpm is None else kpm.to(device), return_attn=True)[1].float()  # (1, nh, 1, L)
-        v = int(present[0].int().argmax())  # slots: view v's clips start at token v * num_clips * N
+            att = head(x, key_padding(present, x.shape[1]), return_attn=True)[1].float()  # (1, nh, 1, L)
+        v = int(present[0].int().argmax())  # view v's clips start at token v * num_clips * N
         w = att[0, :, 0, v * cfg.num_clips * N:][:, :N].mean(0).view(grid).cpu().numpy()  # (T', H', W')
+        peaks.append(w.max() * N / w.sum())
         clip = ds[i]["clips"][(v, 0) if multiview else 0][0].numpy()  # (T, crop, crop), ImageNet-normalised
         grey = np.clip((clip * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]) * 255 + 0.5, 0, 255).astype(np.uint8)
-        peaks.append(w.max() * N / w.sum())
         heat = ((w - w.min()) / max(w.max() - w.min(), 1e-12)).repeat(pt, 0).repeat(ps, 1).repeat(ps, 2)  # (T, H, W)
         rgb = (0.5 * grey[..., None] + 0.5 * data.jet(heat) + 0.5).astype(np.uint8)  # (T, crop, crop, 3)
         path = os.path.join(cfg.out_dir, "attn_maps", f"{i:03d}_" + re.sub(r"[^\w.-]+", "_", f["video"][i]))
         data.write_video(path + ".mp4", rgb, cfg.fps, codec="libx264")
         pick = np.linspace(0, len(rgb) - 1, min(4, len(rgb))).round().astype(int)
-        data.write_png(path + ".png", np.concatenate([np.hstack(np.repeat(grey[pick, ..., None], 3, -1)),
+        data.write_png(path + ".png", np.concatenate([np.hstack(grey[pick, ..., None].repeat(3, -1)),
                                                       np.hstack(rgb[pick])]))
-    print(f"attention maps of {len(peaks)} test videos in {os.path.join(cfg.out_dir, 'attn_maps')}: peak weight "
-          f"{np.mean(peaks):.1f}x uniform on average")
+    print(f"attention maps of {len(peaks)} test videos: {cfg.out_dir}/attn_maps (peak weight {np.mean(peaks):.1f}x "
+          f"the clip's uniform weight, on average)")
 
 
 def pca2(x):
-    """The first two principal components of the rows of x (n, D), by SVD of the centred data: coordinates (n, 2),
-    directions (D, 2) and the fraction of the total variance each explains (2,)."""
+    """PCA of the rows of x (n, D) by SVD of the centred data: coordinates (n, 2), directions (D, 2), variance shares."""
     x = x - x.mean(0)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     return x @ vh[:2].T, vh[:2].T, s[:2] ** 2 / (s ** 2).sum().clamp_min(1e-30)
 
 
 def silhouette(x, labels):
-    """Mean silhouette (Rousseeuw 1987) of the groups `labels` among the rows of x (n, D), Euclidean distance (as
-    sklearn's default): per point (b - a) / max(a, b), a = mean distance to its own group, b = to the nearest
-    other group; 0 for a point alone in its group; nan with fewer than 2 groups. 1 = tight, separate groups."""
-    x, labels = np.asarray(x, np.float64), np.asarray(labels)
-    groups = np.unique(labels)
+    """Mean silhouette (Rousseeuw 1987) of the groups `labels` of the rows of x (n, D), Euclidean (sklearn's default):
+    (b - a) / max(a, b) per point, a = mean distance to its own group, b = to the nearest other group; 0 for a point
+    alone in its group; nan with < 2 groups. 1 = tight, separate groups, ~0 = mixed."""
+    groups, labels = np.unique(labels, return_inverse=True)
     if len(groups) < 2:
         return float("nan")
-    sq = (x ** 2).sum(1)
-    d = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * x @ x.T, 0))  # (n, n)
-    np.fill_diagonal(d, 0)  # exactly, not sqrt(rounding error)
-    member = labels[:, None] == groups[None]  # (n, G)
-    size, own = member.sum(0), member.argmax(1)
-    mean_to = d @ member / size  # (n, G) mean distance to each group (own group: includes the 0 to itself)
-    a = mean_to[np.arange(len(x)), own] * size[own] / np.maximum(size[own] - 1, 1)
-    b = np.where(member, np.inf, mean_to).min(1)
-    return float(np.where(size[own] > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-30), 0).mean())
+    x = torch.as_tensor(x, dtype=torch.float64)
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").numpy()  # (n, n), exact zeros on the diagonal
+    member = np.eye(len(groups), dtype=bool)[labels]  # (n, G)
+    size = member.sum(0)[labels]  # size of each point's group
+    mean_to = d @ member / member.sum(0)  # (n, G) mean distance to each group, its own counting the point itself
+    a, b = mean_to[member] * size / np.maximum(size - 1, 1), np.where(member, np.inf, mean_to).min(1)
+    return float(np.where(size > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-30), 0).mean())
 
 
-def embed_map(f, S=400):
-    """embed_map.png (S x S+140): PC1/PC2 scatter of the test videos' mean-pooled frozen tokens (present views only),
-    coloured by view for --task view and by label quintile for lvef/rvsp (their clips are all A4C / all views),
-    with a legend; plus the silhouette of those groups in the full embedding space. Returns the numbers."""
+def embed_map(f):
+    """embed_map.png: PC1 x PC2 of the test videos' mean-pooled frozen tokens (present views only), coloured by view
+    (--task view) or by label quintile (lvef and rvsp have no view to colour by: A4C clips, studies of all views),
+    and the silhouette of those groups in the full embedding space."""
     keep = f["present"].repeat_interleave(f["feats"].shape[1] // f["present"].shape[1], dim=1)[..., None]  # (n, L, 1)
     x = (f["feats"].float() * keep).sum(1) / keep.sum(1)  # (n, D)
     y = f["label"].numpy()
     if classification:
-        groups, names, colours = y.astype(int), data.VIEWS + [str(c) for c in range(len(data.VIEWS), 99)], data.PALETTE
+        groups, colours = y.astype(int), data.PALETTE[np.arange(int(y.max()) + 1) % len(data.PALETTE)]
+        names = {g: data.VIEWS[g] if g < len(data.VIEWS) else str(g) for g in np.unique(groups)}
     else:
-        edges = np.quantile(y, [0, 0.2, 0.4, 0.6, 0.8, 1])
-        groups = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, 4)
-        names, colours = [f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(edges, edges[1:])], data.jet(np.arange(0.1, 1, 0.2))
+        edges = np.quantile(y, np.linspace(0, 1, 6))
+        groups, colours = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, 4), data.jet(np.arange(0.1, 1, 0.2))
+        names = {g: f"{edges[g]:.0f}-{edges[g + 1]:.0f}" for g in np.unique(groups)}
     z, _, ratio = pca2(x.double())
-    sil = silhouette(x.numpy(), groups)
-    z = z.numpy()
-    img, r = np.full((S, S + 140, 3), 255, np.uint8), 3  # white; points of radius r
-    img[[0, S - 1], :S], img[:, [0, S - 1]] = 160, 160  # frame of the plot
-    p = (r + 2 + (z - z.min(0)) / np.maximum(np.ptp(z, 0), 1e-12) * (S - 2 * r - 5) + 0.5).astype(int)  # (n, 2)
-    dy, dx = np.nonzero(np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r + 0.3)  # a disc
-    o = np.random.default_rng(0).permutation(len(p))  # painting order: no group always on top
-    img[S - 1 - p[o, 1, None] + dy - r, p[o, 0, None] + dx - r] = colours[groups[o] % len(colours)][:, None]
-    data.draw_text(img, 10, S + 10, cfg.task, (0, 0, 0))
-    for k, g in enumerate(np.unique(groups)):  # legend: swatch and name of every group present
-        img[30 + 18 * k:40 + 18 * k, S + 10:S + 20] = colours[g % len(colours)]
-        data.draw_text(img, 30 + 18 * k, S + 26, names[g], (0, 0, 0))
-    for k, t in enumerate((f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}")):
-        data.draw_text(img, S - 60 + 18 * k, S + 10, t, (0, 0, 0))
-    data.write_png(os.path.join(cfg.out_dir, "embed_map.png"), img)
-    what = "views" if classification else "label quintiles"
-    print(f"embedding map: {os.path.join(cfg.out_dir, 'embed_map.png')} | PC1, PC2 explain {100 * ratio[0]:.1f} %, "
+    sil, what = silhouette(x.numpy(), groups), "views" if classification else "label quintiles"
+    data.scatter_png(os.path.join(cfg.out_dir, "embed_map.png"), z.numpy(), colours[groups],
+                     [(colours[g], name) for g, name in names.items()], cfg.task,
+                     [f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}"])
+    print(f"embedding map: {cfg.out_dir}/embed_map.png | PC1, PC2 explain {100 * ratio[0]:.1f} %, "
           f"{100 * ratio[1]:.1f} % | silhouette of the {what} (Euclidean, {x.shape[1]}-d) {sil:.3f}")
     return dict(silhouette=sil, groups=what, explained_variance=ratio.tolist())
 
@@ -522,36 +501,37 @@ def embed_map(f, S=400):
 # -----------------------------------------------------------------------------
 # the run: features -> heads -> best on val -> test (-> corrupted test sets)
 
-t_train = 0.0
+t_train, dim = 0.0, encoder.cfg.dim
+nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
 if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
     try:
         pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
         sd = strip_prefixes(pk["classifiers"][0])
+        width = sd["pooler.query_tokens"].shape[-1]
     except Exception as e:
-        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint with a 'classifiers' list ({type(e).__name__}: {e})")
+        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint (a 'classifiers' list of pooler.* / linear.* "
+             f"state dicts; {type(e).__name__}: {e})")
+    if width != dim:
+        fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {width}, this encoder's width is {dim} "
+             f"({encoder_source})")
     if "probe_args" in pk:  # ours (probe.py)
         args, grid, zstats, val_metrics, n_used = (pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"],
                                                    pk["val"], pk.get("n_train"))
         if pk["config"]["task"] != cfg.task:
             fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
     else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
-        if "pooler.query_tokens" not in sd or "linear.weight" not in sd:
-            fail(f"--ckpt_probe {cfg.ckpt_probe}: classifiers[0] has no pooler.query_tokens / linear.weight keys")
-        dim = sd["pooler.query_tokens"].shape[-1]
-        nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)
-        args = dict(dim=dim, num_outputs=len(sd["linear.weight"]), heads=nh,
+        args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
                     depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
                     num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
         grid, val_metrics, n_used, zstats = [], None, None, None
+        if (args["num_outputs"] > 1) != classification:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs, that is not a --task {cfg.task} probe")
         if len(pk["classifiers"]) > 1:
             print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
         if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
             zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
             print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
                   f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
-    if args["dim"] != encoder.cfg.dim:
-        fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {args['dim']}, this encoder's width is "
-             f"{encoder.cfg.dim} ({encoder_source})")
     heads = [AttentiveProbe(**args).to(device)]
     try:
         load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")
@@ -567,8 +547,6 @@ else:
     va = features("val", val_ds, range(len(val_ds)))
     zstats = None if classification else data.zscore_stats(tr["label"].numpy())
     y = tr["label"] if classification else torch.from_numpy(data.zscore(tr["label"].numpy(), zstats)).float()
-    dim = encoder.cfg.dim
-    nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
     args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth,
                 heads=nh, num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips)
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
