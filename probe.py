@@ -193,8 +193,18 @@ bases = [re.sub(r"\W+", "_", os.path.basename(os.path.normpath(p.replace("{split
          for p in cfg.eval_data]  # a set is named by its file or folder name, numbered if two names collide
 ext = {f"eval{i + 1}_{b}" if bases.count(b) > 1 else f"eval_{b}": (p, dataset("test", cfg.eval_domain, p))
        for i, (b, p) in enumerate(zip(bases, cfg.eval_data))}
+
+
+def check_classes(n):
+    """Views: every evaluated class id must be one of the probe's n classes (else its label map is another)."""
+    for src, ds in [(cfg.data, test_ds), *ext.values()] + ([] if cfg.ckpt_probe else [(cfg.data, val_ds)]):
+        if classification and max(ds.labels) >= n:
+            fail(f"{src}: class id {max(ds.labels)}, but the probe has {n} classes (ids 0-{n - 1})")
+
+
 if not cfg.ckpt_probe:
     train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
+    check_classes(train_ds.num_classes)
 
 
 # -----------------------------------------------------------------------------
@@ -532,6 +542,7 @@ if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
             zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
             print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
                   f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
+    check_classes(args["num_outputs"])
     heads = [AttentiveProbe(**args).to(device)]
     try:
         load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")
@@ -569,11 +580,6 @@ else:
     torch.save(dict(classifiers=[h.state_dict() for h in heads], grid=grid, val=val_metrics, zscore=zstats,
                     probe_args=args, n_train=n_used, encoder=encoder_source, config=asdict(cfg)),
                os.path.join(cfg.out_dir, "probe.pt"))
-
-if classification:  # a class id beyond the probe's outputs: the data's label map is not the probe's
-    for src, ds in [(cfg.data, test_ds), *ext.values()]:
-        if max(ds.labels) >= args["num_outputs"]:
-            fail(f"{src}: class id {max(ds.labels)} in its test split, the probe has {args['num_outputs']} classes")
 
 best = heads[0].eval()
 results, external = {}, {}

@@ -1067,8 +1067,11 @@ def test_probe_runs_and_bad_inputs():
         view = subprocess.Popen([sys.executable, "probe.py", *PROBE_TINY, "--task", "view", "--label_frac", "0.5",
                                  "--out_dir", os.path.join(d, "view")], cwd=HERE, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp")])
+        code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp"),
+                               "--attn_maps", "6", "--embed_map"])  # multi-view pictures: first present view, quintiles
         assert code == 0, err[-2000:]
+        assert len(os.listdir(os.path.join(d, "rvsp", "attn_maps"))) == 2 * 6
+        assert json.load(open(os.path.join(d, "rvsp", "metrics.json")))["embed_map"]["groups"] == "label quintiles"
         with open(os.path.join(d, "single.csv"), "w") as f:
             f.write("a.avi 30\n")
         os.makedirs(os.path.join(d, "notest"))  # a data folder with a train split only
@@ -1170,8 +1173,11 @@ def test_probe_official_ckpt_eval_data_and_pictures():
         assert -1 <= m_view["embed_map"]["silhouette"] <= 1
         # one clear line: a missing --eval_data, labels that do not fit the task, a probe of another width
         torch.save(dict(classifiers=[AttentiveProbe(96, 6, depth=2, heads=16).state_dict()]), os.path.join(d, "w.pt"))
+        with open(os.path.join(d, "ds", "view_9.csv"), "w") as fh:
+            fh.write("Videos/S000007_A4C.avi 9\n")
         for args, want in ((["--eval_data", os.path.join(d, "nope")], "no such file or folder"),
                            (["--eval_data", os.path.join(d, "ds", "lvef_test.csv")], "not a class id"),
+                           (["--eval_data", os.path.join(d, "ds", "view_9.csv")], "class id 9, but the probe has 6"),
                            (["--ckpt_probe", os.path.join(d, "w.pt")], "probe of width 96")):
             code, err = run_probe(["--task", "view", "--ckpt_probe", os.path.join(d, "view_official.pt"), *args,
                                    "--out_dir", os.path.join(d, "x")])
