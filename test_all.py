@@ -255,7 +255,7 @@ def test_probe_attention_weights_match_sdpa():
         torch.nn.init.normal_(p, std=0.3)  # far from uniform attention
     tok, kpm = torch.randn(3, 20, 32), torch.zeros(3, 20, dtype=torch.bool)
     kpm[0, 10:] = True  # item 0: view 1 missing
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         for m in (None, kpm):
             out, att = probe(tok, m, return_attn=True)
             assert att.shape == (3, 4, 1, 20) and torch.allclose(att.sum(-1), torch.ones(3, 4, 1), atol=1e-5)
@@ -1185,6 +1185,7 @@ def test_probe_official_ckpt_eval_data_and_pictures():
             assert code != 0 and want in last and "error" in last, (args, err[-500:])
 
 
+@one_thread()
 def test_probe_pca_and_silhouette():
     ns = probe_namespace(["pca2", "silhouette"])
     g = torch.Generator().manual_seed(0)
