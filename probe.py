@@ -462,7 +462,7 @@ def attention_maps(head, f, ds, n):
 
 
 def pca2(x):
-    """PCA of the rows of x (n, D) by SVD of the centred data: coordinates (n, 2), directions (D, 2), variance shares."""
+    """PCA of the rows of x (n, D), SVD of the centred data: coordinates (n, 2), directions (D, 2), variance shares."""
     x = x - x.mean(0)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     return x @ vh[:2].T, vh[:2].T, s[:2] ** 2 / (s ** 2).sum().clamp_min(1e-30)
@@ -535,7 +535,7 @@ if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
                     num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
         grid, val_metrics, n_used, zstats = [], None, None, None
         if (args["num_outputs"] > 1) != classification:
-            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs, that is not a --task {cfg.task} probe")
+            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs: not a --task {cfg.task} probe")
         if len(pk["classifiers"]) > 1:
             print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
         if not classification:  # no z-score statistics stored: the train split's labels (never encoded)

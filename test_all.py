@@ -1068,7 +1068,7 @@ def test_probe_runs_and_bad_inputs():
                                  "--out_dir", os.path.join(d, "view")], cwd=HERE, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
         code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp"),
-                               "--attn_maps", "6", "--embed_map"])  # multi-view pictures: first present view, quintiles
+                               "--attn_maps", "6", "--embed_map"])  # multi-view pictures: first view, quintiles
         assert code == 0, err[-2000:]
         assert len(os.listdir(os.path.join(d, "rvsp", "attn_maps"))) == 2 * 6
         assert json.load(open(os.path.join(d, "rvsp", "metrics.json")))["embed_map"]["groups"] == "label quintiles"
@@ -1167,7 +1167,8 @@ def test_probe_official_ckpt_eval_data_and_pictures():
             frames = decode(os.path.join(run, "attn_maps", f))
             strip, = decode(os.path.join(run, "attn_maps", f[:-4] + ".png"))
             assert len(frames) == 4 and frames[0].shape == (32, 32, 3) and strip.shape == (64, 128, 3)
-            assert (strip[:32, ..., 0] == strip[:32, ..., 2]).all() and not (strip[32:, ..., 0] == strip[32:, ..., 2]).all()
+            grey = strip[..., 0] == strip[..., 2]  # R = B: grey frames above, coloured heat below
+            assert grey[:32].all() and not grey[32:].all()
         emb, = decode(os.path.join(run, "embed_map.png"))
         assert emb.shape == (400, 540, 3) and len(np.unique(emb.reshape(-1, 3), axis=0)) >= 6 + 2
         assert -1 <= m_view["embed_map"]["silhouette"] <= 1
@@ -1190,7 +1191,8 @@ def test_probe_pca_and_silhouette():
     ns = probe_namespace(["pca2", "silhouette"])
     g = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(50, 2, generator=g))[0]  # a plane in 50-d
-    x = (torch.randn(300, 2, generator=g) * torch.tensor([3.0, 1.0])) @ basis.T + 0.01 * torch.randn(300, 50, generator=g)
+    x = (torch.randn(300, 2, generator=g) * torch.tensor([3.0, 1.0])) @ basis.T
+    x += 0.01 * torch.randn(300, 50, generator=g)
     z, v, ratio = ns["pca2"](x + 5)
     assert torch.allclose(torch.linalg.svdvals(v.T @ basis), torch.ones(2), atol=1e-3)  # the planted subspace
     assert ratio.sum() > 0.99 and ratio[0] > ratio[1] and torch.allclose(z, (x - x.mean(0)) @ v, atol=1e-4)
