@@ -283,13 +283,20 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
 
-    def forward(self, q, x, mask=None):
+    def forward(self, q, x, mask=None, return_attn=False):
+        """(y (B, n, C), None) through SDPA; return_attn: explicit softmax(q k^T / sqrt(hs)) attention and its
+        weights (B, nh, n, N) instead of None (probe.py --attn_maps; tested equal to SDPA)."""
         B, n, C = q.shape
         N, nh = x.size(1), self.heads
         q = self.q(q).view(B, n, nh, C // nh).transpose(1, 2)  # (B, nh, n, hs)
         k, v = self.kv(x).view(B, N, 2, nh, C // nh).permute(2, 0, 3, 1, 4)  # (B, nh, N, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, n, hs)
-        return y.transpose(1, 2).reshape(B, n, C)
+        if return_attn:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, n, N)
+            att = (att if mask is None else att.masked_fill(~mask, float("-inf"))).softmax(dim=-1)
+            y = att @ v
+        else:
+            y, att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None  # (B, nh, n, hs)
+        return y.transpose(1, 2).reshape(B, n, C), att  # (B, n, C)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -300,9 +307,10 @@ class CrossAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, q, x, mask=None):
-        q = q + self.xattn(q, self.norm1(x), mask)
-        return q + self.mlp(self.norm2(q))
+    def forward(self, q, x, mask=None, return_attn=False):
+        y, att = self.xattn(q, self.norm1(x), mask, return_attn)
+        q = q + y
+        return q + self.mlp(self.norm2(q)), att
 
 
 class AttentivePooler(nn.Module):
@@ -316,12 +324,14 @@ class AttentivePooler(nn.Module):
         with torch.no_grad():  # the reference rescales the cross block's fc2 with the last self-attention layer id
             self.cross_attention_block.mlp.fc2.weight.div_(math.sqrt(2.0 * max(1, len(self.blocks))))
 
-    def forward(self, x, key_padding_mask=None):
+    def forward(self, x, key_padding_mask=None, return_attn=False):
+        """(B, 1, D) pooled query; with return_attn also the cross-attention weights (B, nh, 1, N)."""
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, N) True=attend
         for blk in self.blocks:
             x = blk(x, mask=mask)
         q = self.query_tokens.expand(x.size(0), -1, -1)  # (B, 1, D)
-        return self.cross_attention_block(q, x, mask)
+        q, att = self.cross_attention_block(q, x, mask, return_attn)
+        return (q, att) if return_attn else q
 
 
 class AttentiveProbe(nn.Module):
@@ -342,13 +352,17 @@ class AttentiveProbe(nn.Module):
             nn.init.trunc_normal_(self.view_embed.weight, std=0.02)
             nn.init.trunc_normal_(self.clip_embed.weight, std=0.02)
 
-    def forward(self, tokens, key_padding_mask=None):
+    def forward(self, tokens, key_padding_mask=None, return_attn=False):
+        """(B, num_outputs); with return_attn also the cross-attention weights (B, nh, 1, N) over the tokens."""
         if self.num_views > 0:
             B, N, D = tokens.shape
             L = self.num_views * self.num_clips
             slot = torch.arange(L, device=tokens.device)
             emb = self.view_embed(slot // self.num_clips) + self.clip_embed(slot % self.num_clips)  # (L, D)
             tokens = (tokens.view(B, L, N // L, D) + emb[None, :, None, :].to(tokens.dtype)).view(B, N, D)
+        if return_attn:  # the explicit-attention path, also returning its weights (probe.py --attn_maps)
+            q, att = self.pooler(tokens, key_padding_mask, return_attn=True)
+            return self.linear(q.squeeze(1)), att
         return self.linear(self.pooler(tokens, key_padding_mask).squeeze(1))
 
 

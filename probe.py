@@ -15,6 +15,10 @@ Robustness (SPEC section 8) and pediatric transfer:
 Official weights, real data, a trained probe on other data:
     python probe.py --task lvef --init vitl.pt --data /data/EchoNet-Dynamic --crop 224 --batch_size 32
     python probe.py --task lvef --data /data/EchoNet-Pediatric/A4C --fold 0 --ckpt_probe out/probe_lvef/probe.pt
+    python probe.py --task lvef --ckpt_probe official_probe.pt --init vitl.pt --data /data/EchoNet-Dynamic --crop 224
+External validation (no retraining) and pictures:
+    python probe.py --task lvef --data /data/EchoNet-Dynamic --eval_data /data/EchoNet-Pediatric/A4C --fold 0
+    python probe.py --task view --attn_maps 8 --embed_map         # attention heat maps, PCA map of the embeddings
 """
 import argparse
 import copy
@@ -28,7 +32,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 
 import numpy as np
@@ -56,7 +60,7 @@ class Config:
     random_init: bool = False             # baseline: the same architecture with random (seeded) weights
     model: str = ""                       # encoder size ('' = from the checkpoint; vitq with --random_init)
     data: str = "synthetic"               # 'synthetic', a V-JEPA CSV ('{split}' is filled in) or a data folder
-    eval_data: str = ""                   # data of the test split ('' = --data), e.g. an EchoNet-Pediatric folder
+    eval_data: list = field(default_factory=list)  # external test sets (repeatable; their test split, no retraining)
     fold: int = -1                        # EchoNet-Pediatric fold: k = TEST, k+1 = VAL, the rest TRAIN (-1 = none)
     train_domain: str = "adult"           # synthetic domain of train and val: adult | pediatric
     eval_domain: str = ""                 # synthetic domain of test ('' = train_domain; pediatric = zero-shot)
@@ -74,7 +78,9 @@ class Config:
     lrs: tuple = (1e-3, 5e-4)             # head grid learning rates (AdamW, cosine to 0); EchoJEPA: 1e-4 5e-5
     wds: tuple = (0.01, 0.1, 0.4)         # weight decays of the head grid (one head per lr x wd)
     view_dropout: float = 0.1             # rvsp: probability of hiding a view at train time (>= 1 view kept)
-    ckpt_probe: str = ""                  # evaluate this trained probe.pt instead of training one
+    ckpt_probe: str = ""                  # evaluate this probe.pt or official V-JEPA 2/EchoJEPA probe, no training
+    attn_maps: int = 0                    # write the best head's cross-attention maps of the first N test videos
+    embed_map: bool = False               # write a PCA map of the mean-pooled test embeddings, print a silhouette
     robustness: bool = False              # also evaluate on corrupted test sets (corrupt.py, SPEC section 8)
     corruptions: str = "da,gs"            # --robustness corruption kinds, comma-separated (corrupt.KINDS)
     levels: str = "low,med,high"          # --robustness severities, comma-separated (corrupt.LEVELS)
@@ -91,6 +97,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 for f in fields(Config):
     if f.type is bool:
         parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
+    elif f.type is list:  # --eval_data A B, or --eval_data A --eval_data B
+        parser.add_argument(f"--{f.name}", nargs="+", action="extend", default=[], help=HELP[f.name])
     elif f.type is tuple:
         parser.add_argument(f"--{f.name}", type=float, nargs="+", default=f.default, help=HELP[f.name])
     else:
@@ -110,6 +118,11 @@ if cfg.ckpt_probe and not os.path.isfile(cfg.ckpt_probe):
     parser.error(f"--ckpt_probe {cfg.ckpt_probe}: no such file")
 if cfg.random_init and cfg.init:
     parser.error("--random_init and --init exclude each other")
+for p in cfg.eval_data:
+    if p != "synthetic" and not os.path.exists(p.replace("{split}", "test")):
+        parser.error(f"--eval_data {p}: no such file or folder")
+if cfg.attn_maps < 0:
+    parser.error(f"--attn_maps {cfg.attn_maps} must be >= 0")
 classification, multiview = cfg.task == "view", cfg.task == "rvsp"
 if cfg.robustness:
     import corrupt
@@ -175,10 +188,23 @@ def label_subset(labels, frac, seed, classification, bins=5):
 
 
 # the splits are built before the encoder loads: bad data fails in one line without waiting for the weights
-eval_src = cfg.eval_data or cfg.data
-test_ds = dataset("test", cfg.eval_domain, eval_src)
+test_ds = dataset("test", cfg.eval_domain, cfg.data)
+bases = [re.sub(r"\W+", "_", os.path.basename(os.path.normpath(p.replace("{split}", "test"))).rsplit(".", 1)[0])
+         for p in cfg.eval_data]  # a set is named by its file or folder name, numbered if two names collide
+ext = {f"eval{i + 1}_{b}" if bases.count(b) > 1 else f"eval_{b}": (p, dataset("test", cfg.eval_domain, p))
+       for i, (b, p) in enumerate(zip(bases, cfg.eval_data))}
+
+
+def check_classes(n):
+    """Views: every evaluated class id must be one of the probe's n classes (else its label map is another)."""
+    for src, ds in [(cfg.data, test_ds), *ext.values()] + ([] if cfg.ckpt_probe else [(cfg.data, val_ds)]):
+        if classification and max(ds.labels) >= n:
+            fail(f"{src}: class id {max(ds.labels)}, but the probe has {n} classes (ids 0-{n - 1})")
+
+
 if not cfg.ckpt_probe:
     train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
+    check_classes(train_ds.num_classes)
 
 
 # -----------------------------------------------------------------------------
@@ -290,9 +316,9 @@ def features(name, ds, indices, key_extra=""):
 
 
 def key_padding(present, tokens):
-    """(B, V) present views -> (B, V*tokens) key-padding mask, True = ignore; None if nothing is missing
-    (the unmasked SDPA path is faster)."""
-    return None if present.all() else (~present).repeat_interleave(tokens // present.shape[1], dim=1)
+    """(B, V) present views -> (B, V*tokens) key-padding mask on the device, True = ignore; None if nothing is
+    missing (the unmasked SDPA path is faster)."""
+    return None if present.all() else (~present).repeat_interleave(tokens // present.shape[1], dim=1).to(device)
 
 
 def drop_views(present, p, gen):
@@ -330,7 +356,6 @@ def train_heads(heads, grid, f, y):
             if multiview and cfg.view_dropout > 0:
                 present = drop_views(present, cfg.view_dropout, gen)
             kpm = key_padding(present, x.shape[1])
-            kpm = None if kpm is None else kpm.to(device)
             for h, (head, opt, (lr, _)) in enumerate(zip(heads, opts, grid)):
                 for g in opt.param_groups:
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -352,7 +377,6 @@ def predict(heads, f, batch=32):
     for i in range(0, len(f["feats"]), batch):
         x, present = f["feats"][i:i + batch].to(device).float(), f["present"][i:i + batch]
         kpm = key_padding(present, x.shape[1])
-        kpm = None if kpm is None else kpm.to(device)
         with autocast:
             outs.append(torch.stack([h(x, kpm).float() for h in heads]).cpu())
     return torch.cat(outs, 1)
@@ -380,7 +404,8 @@ def evaluate(out, f, zstats):
     count = np.bincount(g, minlength=len(studies))
     p, y = np.bincount(g, pred) / count, np.bincount(g, labels) / count  # study means
     err = p - y
-    r2 = 1 - (err ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
+    ss = ((y - y.mean()) ** 2).sum()
+    r2 = 1 - (err ** 2).sum() / ss if ss > 0 else float("nan")  # undefined for one study or equal labels
     pearson = float(np.corrcoef(p, y)[0, 1]) if len(y) > 1 and p.std() > 0 and y.std() > 0 else float("nan")
     m = dict(mae=float(np.abs(err).mean()), rmse=float(np.sqrt((err ** 2).mean())), r2=float(r2), pearson=pearson,
              n=len(studies))
@@ -404,24 +429,125 @@ def confusion_png(path, conf, cell=24):
 
 
 # -----------------------------------------------------------------------------
+# pictures: numpy rasters written with PyAV (data.write_png / write_video), no plotting library
+
+
+@torch.no_grad()
+def attention_maps(head, f, ds, n):
+    """attn_maps/<i>_<video>.mp4 of the first n test videos: the head's cross-attention (query -> tokens, mean of the
+    heads) on the first clip (of the first present view), one map per tubelet (2 frames, 16 x 16 px), min-max scaled
+    per clip, in jet colours blended 50/50 on the grey frames the encoder saw; .png: 4 frames, grey above heat."""
+    pt, ps = encoder.cfg.tubelet_size, encoder.cfg.patch_size
+    grid = (cfg.frames // pt, cfg.crop // ps, cfg.crop // ps)
+    N, peaks = math.prod(grid), []  # tokens per clip; peak weight / uniform weight
+    os.makedirs(os.path.join(cfg.out_dir, "attn_maps"), exist_ok=True)
+    for i in range(min(n, len(ds))):
+        x, present = f["feats"][i:i + 1].to(device).float(), f["present"][i:i + 1]
+        with autocast:
+            att = head(x, key_padding(present, x.shape[1]), return_attn=True)[1].float()  # (1, nh, 1, L)
+        v = int(present[0].int().argmax())  # view v's clips start at token v * num_clips * N
+        w = att[0, :, 0, v * cfg.num_clips * N:][:, :N].mean(0).view(grid).cpu().numpy()  # (T', H', W')
+        peaks.append(w.max() * N / w.sum())
+        clip = ds[i]["clips"][(v, 0) if multiview else 0][0].numpy()  # (T, crop, crop), ImageNet-normalised
+        grey = np.clip((clip * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]) * 255 + 0.5, 0, 255).astype(np.uint8)
+        heat = ((w - w.min()) / max(w.max() - w.min(), 1e-12)).repeat(pt, 0).repeat(ps, 1).repeat(ps, 2)  # (T, H, W)
+        rgb = (0.5 * grey[..., None] + 0.5 * data.jet(heat) + 0.5).astype(np.uint8)  # (T, crop, crop, 3)
+        path = os.path.join(cfg.out_dir, "attn_maps", f"{i:03d}_" + re.sub(r"[^\w.-]+", "_", f["video"][i]))
+        data.write_video(path + ".mp4", rgb, cfg.fps, codec="libx264")
+        pick = np.linspace(0, len(rgb) - 1, min(4, len(rgb))).round().astype(int)
+        data.write_png(path + ".png", np.concatenate([np.hstack(grey[pick, ..., None].repeat(3, -1)),
+                                                      np.hstack(rgb[pick])]))
+    print(f"attention maps of {len(peaks)} test videos: {cfg.out_dir}/attn_maps (peak weight {np.mean(peaks):.1f}x "
+          f"the clip's uniform weight, on average)")
+
+
+def pca2(x):
+    """PCA of the rows of x (n, D), SVD of the centred data: coordinates (n, 2), directions (D, 2), variance shares."""
+    x = x - x.mean(0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    return x @ vh[:2].T, vh[:2].T, s[:2] ** 2 / (s ** 2).sum().clamp_min(1e-30)
+
+
+def silhouette(x, labels):
+    """Mean silhouette (Rousseeuw 1987) of the groups `labels` of the rows of x (n, D), Euclidean (sklearn's default):
+    (b - a) / max(a, b) per point, a = mean distance to its own group, b = to the nearest other group; 0 for a point
+    alone in its group; nan with < 2 groups. 1 = tight, separate groups, ~0 = mixed."""
+    groups, labels = np.unique(labels, return_inverse=True)
+    if len(groups) < 2:
+        return float("nan")
+    x = torch.as_tensor(x, dtype=torch.float64)
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").numpy()  # (n, n), exact zeros on the diagonal
+    member = np.eye(len(groups), dtype=bool)[labels]  # (n, G)
+    size = member.sum(0)[labels]  # size of each point's group
+    mean_to = d @ member / member.sum(0)  # (n, G) mean distance to each group, its own counting the point itself
+    a, b = mean_to[member] * size / np.maximum(size - 1, 1), np.where(member, np.inf, mean_to).min(1)
+    return float(np.where(size > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-30), 0).mean())
+
+
+def embed_map(f):
+    """embed_map.png: PC1 x PC2 of the test videos' mean-pooled frozen tokens (present views only), coloured by view
+    (--task view) or by label quintile (lvef and rvsp have no view to colour by: A4C clips, studies of all views),
+    and the silhouette of those groups in the full embedding space."""
+    keep = f["present"].repeat_interleave(f["feats"].shape[1] // f["present"].shape[1], dim=1)[..., None]  # (n, L, 1)
+    x = (f["feats"].float() * keep).sum(1) / keep.sum(1)  # (n, D)
+    y = f["label"].numpy()
+    if classification:
+        groups, colours = y.astype(int), data.PALETTE[np.arange(int(y.max()) + 1) % len(data.PALETTE)]
+        names = {g: data.VIEWS[g] if g < len(data.VIEWS) else str(g) for g in np.unique(groups)}
+    else:
+        edges = np.quantile(y, np.linspace(0, 1, 6))
+        groups, colours = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, 4), data.jet(np.arange(0.1, 1, 0.2))
+        names = {g: f"{edges[g]:.0f}-{edges[g + 1]:.0f}" for g in np.unique(groups)}
+    z, _, ratio = pca2(x.double())
+    sil, what = silhouette(x.numpy(), groups), "views" if classification else "label quintiles"
+    data.scatter_png(os.path.join(cfg.out_dir, "embed_map.png"), z.numpy(), colours[groups],
+                     [(colours[g], name) for g, name in names.items()], cfg.task,
+                     [f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}"])
+    print(f"embedding map: {cfg.out_dir}/embed_map.png | PC1, PC2 explain {100 * ratio[0]:.1f} %, "
+          f"{100 * ratio[1]:.1f} % | silhouette of the {what} (Euclidean, {x.shape[1]}-d) {sil:.3f}")
+    return dict(silhouette=sil, groups=what, explained_variance=ratio.tolist())
+
+
+# -----------------------------------------------------------------------------
 # the run: features -> heads -> best on val -> test (-> corrupted test sets)
 
-t_train = 0.0
+t_train, dim = 0.0, encoder.cfg.dim
+nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
 if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
     try:
         pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
-        args, grid, zstats = pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"]
+        sd = strip_prefixes(pk["classifiers"][0])
+        width = sd["pooler.query_tokens"].shape[-1]
     except Exception as e:
-        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe.pt written by probe.py ({type(e).__name__}: {e})")
-    if pk["config"]["task"] != cfg.task or args["dim"] != encoder.cfg.dim:
-        fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe of width {args['dim']}, not "
-             f"--task {cfg.task} on this encoder (width {encoder.cfg.dim})")
+        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint (a 'classifiers' list of pooler.* / linear.* "
+             f"state dicts; {type(e).__name__}: {e})")
+    if width != dim:
+        fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {width}, this encoder's width is {dim} "
+             f"({encoder_source})")
+    if "probe_args" in pk:  # ours (probe.py)
+        args, grid, zstats, val_metrics, n_used = (pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"],
+                                                   pk["val"], pk.get("n_train"))
+        if pk["config"]["task"] != cfg.task:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
+    else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
+        args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
+                    depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
+                    num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
+        grid, val_metrics, n_used, zstats = [], None, None, None
+        if (args["num_outputs"] > 1) != classification:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs: not a --task {cfg.task} probe")
+        if len(pk["classifiers"]) > 1:
+            print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
+        if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
+            zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
+            print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
+                  f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
+    check_classes(args["num_outputs"])
     heads = [AttentiveProbe(**args).to(device)]
     try:
-        load_strict(heads[0], pk["classifiers"][0], f"--ckpt_probe {cfg.ckpt_probe}")
+        load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")
     except ValueError as e:
         fail(str(e))
-    val_metrics, n_used = pk["val"], pk.get("n_train")
 else:
     used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
     n_used = len(used)
@@ -432,8 +558,6 @@ else:
     va = features("val", val_ds, range(len(val_ds)))
     zstats = None if classification else data.zscore_stats(tr["label"].numpy())
     y = tr["label"] if classification else torch.from_numpy(data.zscore(tr["label"].numpy(), zstats)).float()
-    dim = encoder.cfg.dim
-    nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
     args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth,
                 heads=nh, num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips)
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
@@ -458,21 +582,31 @@ else:
                os.path.join(cfg.out_dir, "probe.pt"))
 
 best = heads[0].eval()
-results = {}
-te = features("test", test_ds, range(len(test_ds)))
-results["test"], rows = evaluate(predict([best], te)[0], te, zstats)
-write_predictions("test", rows)
-if classification:
-    confusion_png(os.path.join(cfg.out_dir, "confusion_test.png"), results["test"]["confusion"])
+results, external = {}, {}
+for name, (src, ds) in {"test": (cfg.data, test_ds), **ext}.items():  # built-in test, then --eval_data (as is)
+    f = features(name, ds, range(len(ds)))
+    m, rows = evaluate(predict([best], f)[0], f, zstats)
+    write_predictions(name, rows)
+    if classification:
+        confusion_png(os.path.join(cfg.out_dir, f"confusion_{name}.png"), m["confusion"])
+    if name == "test":
+        results["test"] = m
+    else:  # evaluated once: free the memory
+        external[name] = dict(data=src, **m)
+        del feature_cache[name]
+te = feature_cache["test"]
 
 if cfg.robustness:  # same probe, test videos corrupted on the fly (one static map per video, SPEC section 8)
     for kind in kinds:
         for level in levels:
             fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
-            ds = dataset("test", cfg.eval_domain, eval_src, frame_fn=fn)
+            ds = dataset("test", cfg.eval_domain, cfg.data, frame_fn=fn)
             f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level))
             results[f"{kind}_{level}"] = evaluate(predict([best], f)[0], f, zstats)[0]
             del feature_cache[f"test_{kind}_{level}"]  # evaluated once: free the memory
+if cfg.attn_maps:
+    attention_maps(best, te, test_ds, cfg.attn_maps)
+embed_info = embed_map(te) if cfg.embed_map else None
 
 # -----------------------------------------------------------------------------
 # report: metrics.json and one summary table
@@ -484,8 +618,9 @@ for name, m in results.items():  # relative degradation: MAE increase / accuracy
         m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
 avg_deg = float(np.mean([m["degradation_pct"] for n, m in results.items() if n != "test"])) if cfg.robustness else None
 summary = dict(task=cfg.task, encoder=encoder_source, label_frac=cfg.label_frac, n_train=n_used,
-               best=dict(lr=grid[0][0], wd=grid[0][1]), val=val_metrics, test=results.pop("test"),
-               robustness=results or None, avg_degradation_pct=avg_deg, train_domain=cfg.train_domain,
+               best=dict(lr=grid[0][0], wd=grid[0][1]) if grid else None, val=val_metrics, test=results.pop("test"),
+               external=external or None, robustness=results or None, avg_degradation_pct=avg_deg,
+               embed_map=embed_info, train_domain=cfg.train_domain,
                eval_domain=cfg.eval_domain, seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)),
                config=asdict(cfg))
 with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
@@ -493,14 +628,17 @@ with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
 
 cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
 unit = "" if classification else (" (EF points)" if cfg.task == "lvef" else " (mmHg)")
-print(f"\n{cfg.task} probe{unit} | {encoder_source} | {n_used} train items | best head lr {grid[0][0]:g} "
-      f"wd {grid[0][1]:g} | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
-print(f"{'set':<26}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
-table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0]),
-         (f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
+print(f"\n{cfg.task} probe{unit} | {encoder_source} | " + (f"{n_used} train items | " if n_used else "")
+      + (f"best head lr {grid[0][0]:g} wd {grid[0][1]:g}" if grid else f"official probe {cfg.ckpt_probe}")
+      + f" | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
+table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0])] if val_metrics else []
+table += [(f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
 table += [(f"  {n.split('_')[0].upper()} {n.split('_')[1]}", m) for n, m in results.items()]
+table += list(external.items())  # --eval_data sets: their paths are in metrics.json
+w = max(26, *(len(n) + 2 for n, _ in table))
+print(f"{'set':<{w}}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
 for name, m in table:
-    print(f"{name:<26}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
+    print(f"{name:<{w}}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
           + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
 if cfg.robustness:
     print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")

@@ -246,6 +246,23 @@ def test_probe_key_padding_and_slots():
         assert not torch.allclose(probe(tok), probe(tok2), atol=1e-3)
 
 
+def test_probe_attention_weights_match_sdpa():
+    # the explicit cross-attention behind probe.py --attn_maps equals the SDPA path; its weights are a distribution
+    # over each item's tokens (sum 1 per head) with nothing on key-padded tokens
+    torch.manual_seed(0)
+    probe = AttentiveProbe(32, 3, depth=2, heads=4, num_views=2, num_clips=2).eval()
+    for p in probe.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # far from uniform attention
+    tok, kpm = torch.randn(3, 20, 32), torch.zeros(3, 20, dtype=torch.bool)
+    kpm[0, 10:] = True  # item 0: view 1 missing
+    with torch.no_grad(), one_thread():
+        for m in (None, kpm):
+            out, att = probe(tok, m, return_attn=True)
+            assert att.shape == (3, 4, 1, 20) and torch.allclose(att.sum(-1), torch.ones(3, 4, 1), atol=1e-5)
+            assert torch.allclose(out, probe(tok, m), atol=1e-5), (out - probe(tok, m)).abs().max()
+    assert (att[0, ..., 10:] == 0).all() and att[0, ..., :10].std() > 0.01
+
+
 # -----------------------------------------------------------------------------
 # masks
 
@@ -1050,8 +1067,11 @@ def test_probe_runs_and_bad_inputs():
         view = subprocess.Popen([sys.executable, "probe.py", *PROBE_TINY, "--task", "view", "--label_frac", "0.5",
                                  "--out_dir", os.path.join(d, "view")], cwd=HERE, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp")])
+        code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp"),
+                               "--attn_maps", "6", "--embed_map"])  # multi-view pictures: first view, quintiles
         assert code == 0, err[-2000:]
+        assert len(os.listdir(os.path.join(d, "rvsp", "attn_maps"))) == 2 * 6
+        assert json.load(open(os.path.join(d, "rvsp", "metrics.json")))["embed_map"]["groups"] == "label quintiles"
         with open(os.path.join(d, "single.csv"), "w") as f:
             f.write("a.avi 30\n")
         os.makedirs(os.path.join(d, "notest"))  # a data folder with a train split only
@@ -1093,6 +1113,104 @@ def test_probe_runs_and_bad_inputs():
         m = json.load(open(os.path.join(d, "robust", "metrics.json")))
         assert sorted(m["robustness"]) == [f"{k}_{lv}" for k in ("da", "gs") for lv in ("high", "low", "med")]
         assert m["eval_domain"] == "pediatric" and m["test"]["n"] == 6 and math.isfinite(m["avg_degradation_pct"])
+
+
+@one_thread()
+def test_probe_official_ckpt_eval_data_and_pictures():
+    # an official probe file ({"classifiers": [DDP 'module.' keys]}, nothing else) evaluates exactly like the same head
+    # saved as a probe.pt; --eval_data of the very same data repeats the built-in test row; the pictures decode
+    import av
+    with tempfile.TemporaryDirectory() as d:
+        data.write_dataset(os.path.join(d, "ds"), 8, frames=8, n_pediatric=0)  # patient 7 = the test split
+        metrics = lambda run: json.load(open(os.path.join(d, run, "metrics.json")))
+        torch.manual_seed(0)
+        for task, n_out, src in (("view", 6, os.path.join(d, "ds")), ("lvef", 1, "synthetic")):
+            head = AttentiveProbe(192, n_out, depth=2, heads=16)  # the random-init vitq encoder is 192 wide
+            for p in head.parameters():
+                torch.nn.init.normal_(p, std=0.1)  # varied predictions
+            zs = None if task == "view" else data.zscore_stats(data.build_probe_dataset(
+                src, task, "train", 2, 32, 8.0, 0, n_train=12).labels)  # what probe.py must derive from the labels
+            torch.save(dict(classifiers=[{"module." + k: v for k, v in head.state_dict().items()}] * 2),
+                       os.path.join(d, f"{task}_official.pt"))
+            torch.save(dict(classifiers=[head.state_dict()], grid=[(1e-3, 0.01)], zscore=zs, config=dict(task=task),
+                            probe_args=dict(dim=192, num_outputs=n_out, depth=2, heads=16), val=[dict(
+                                n=1, accuracy=0, balanced_accuracy=0, mae=0, rmse=0, r2=0, pearson=0)]),
+                       os.path.join(d, f"{task}_ours.pt"))
+            args = ["--task", task, "--data", src, "--frames", "4"]
+            code, err = run_probe([*args, "--ckpt_probe", os.path.join(d, f"{task}_ours.pt"), "--out_dir",
+                                   os.path.join(d, f"{task}_ours")])
+            assert code == 0, err[-2000:]
+            extra = ["--eval_data", src, "--attn_maps", "2", "--embed_map"] if task == "view" else []
+            code, out, err = run_script("probe.py", [*PROBE_TINY, *args, *extra, "--ckpt_probe",
+                                                     os.path.join(d, f"{task}_official.pt"), "--out_dir",
+                                                     os.path.join(d, f"{task}_official")])
+            assert code == 0, err[-2000:]
+            assert "2 classifiers, evaluating the first" in out
+            assert ("without z-score statistics" in out) == (task == "lvef")
+            m = metrics(f"{task}_official")
+            assert m["test"] == metrics(f"{task}_ours")["test"] and m["best"] is None and m["val"] is None
+            preds = [open(os.path.join(d, f"{task}_{k}", "test_predictions.csv")).read() for k in ("ours", "official")]
+            assert preds[0] == preds[1]  # lvef: the same float predictions, so the same z-score too
+        m_view = metrics("view_official")
+        (name, ext), = m_view["external"].items()
+        assert name == "eval_ds" and ext.pop("data") == os.path.join(d, "ds") and ext == m_view["test"]
+        run = os.path.join(d, "view_official")
+        assert open(os.path.join(run, "eval_ds_predictions.csv")).read() == \
+            open(os.path.join(run, "test_predictions.csv")).read()
+        # pictures: 2 attention videos (4 frames of 32 x 32) + strips (grey row, heat row), the embedding map
+        def decode(path):
+            with av.open(path) as c:
+                return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        mp4s = sorted(f for f in os.listdir(os.path.join(run, "attn_maps")) if f.endswith(".mp4"))
+        assert len(mp4s) == 2
+        for f in mp4s:
+            frames = decode(os.path.join(run, "attn_maps", f))
+            strip, = decode(os.path.join(run, "attn_maps", f[:-4] + ".png"))
+            assert len(frames) == 4 and frames[0].shape == (32, 32, 3) and strip.shape == (64, 128, 3)
+            grey = strip[..., 0] == strip[..., 2]  # R = B: grey frames above, coloured heat below
+            assert grey[:32].all() and not grey[32:].all()
+        emb, = decode(os.path.join(run, "embed_map.png"))
+        assert emb.shape == (400, 540, 3) and len(np.unique(emb.reshape(-1, 3), axis=0)) >= 6 + 2
+        assert -1 <= m_view["embed_map"]["silhouette"] <= 1
+        # one clear line: a missing --eval_data, labels that do not fit the task, a probe of another width
+        torch.save(dict(classifiers=[AttentiveProbe(96, 6, depth=2, heads=16).state_dict()]), os.path.join(d, "w.pt"))
+        with open(os.path.join(d, "ds", "view_9.csv"), "w") as fh:
+            fh.write("Videos/S000007_A4C.avi 9\n")
+        for args, want in ((["--eval_data", os.path.join(d, "nope")], "no such file or folder"),
+                           (["--eval_data", os.path.join(d, "ds", "lvef_test.csv")], "not a class id"),
+                           (["--eval_data", os.path.join(d, "ds", "view_9.csv")], "class id 9, but the probe has 6"),
+                           (["--ckpt_probe", os.path.join(d, "w.pt")], "probe of width 96")):
+            code, err = run_probe(["--task", "view", "--ckpt_probe", os.path.join(d, "view_official.pt"), *args,
+                                   "--out_dir", os.path.join(d, "x")])
+            last = err.strip().splitlines()[-1]
+            assert code != 0 and want in last and "error" in last, (args, err[-500:])
+
+
+@one_thread()
+def test_probe_pca_and_silhouette():
+    ns = probe_namespace(["pca2", "silhouette"])
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(50, 2, generator=g))[0]  # a plane in 50-d
+    x = (torch.randn(300, 2, generator=g) * torch.tensor([3.0, 1.0])) @ basis.T
+    x += 0.01 * torch.randn(300, 50, generator=g)
+    z, v, ratio = ns["pca2"](x + 5)
+    assert torch.allclose(torch.linalg.svdvals(v.T @ basis), torch.ones(2), atol=1e-3)  # the planted subspace
+    assert ratio.sum() > 0.99 and ratio[0] > ratio[1] and torch.allclose(z, (x - x.mean(0)) @ v, atol=1e-4)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    tight = np.eye(4)[labels] * 10 + rng.normal(0, 0.1, (200, 4))
+    assert ns["silhouette"](tight, labels) > 0.95
+    assert abs(ns["silhouette"](rng.normal(size=(200, 8)), labels)) < 0.05
+    x, labels = rng.normal(size=(13, 3)), np.array([0] * 6 + [1] * 6 + [2])  # against the textbook loop
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    ref = []
+    for i in range(13):
+        own = (labels == labels[i]) & (np.arange(13) != i)
+        a = d[i, own].mean() if own.any() else 0
+        b = min(d[i, labels == c].mean() for c in set(labels) - {labels[i]})
+        ref.append((b - a) / max(a, b) if own.any() else 0)
+    assert abs(ns["silhouette"](x, labels) - np.mean(ref)) < 1e-9
+    assert math.isnan(ns["silhouette"](x, np.zeros(13)))
 
 
 def test_probe_frame_hook():
