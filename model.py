@@ -259,7 +259,7 @@ class Predictor(nn.Module):
         pos = torch.cat([idx_ctx, idx_tgt], dim=1)  # (B, Kc+Kt)
         rope = rope_tables(pos, grid, x.size(-1) // self.heads, self.rope)
         x = _run_blocks(self.predictor_blocks, x, rope, self.grad_checkpointing)
-        x = self.predictor_norm(x)[:, Kc:]  # keep the target outputs (B, Kt, Dp)
+        x = self.predictor_norm(x[:, Kc:])  # only the target outputs are needed (B, Kt, Dp)
         return self.predictor_proj(x)
 
 
