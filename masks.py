@@ -149,6 +149,9 @@ if __name__ == "__main__":
             img[m == 1] = 0.7 * img[m == 1] + 0.3 * np.array([40, 200, 80])  # green: context the encoder sees
             tiles.append(np.pad(img, ((2, 2), (2, 2), (0, 0))))
         rows.append(np.concatenate(tiles, axis=1))
-        print(f"{g['name']}: {ctx.shape[1]} context, {tgt.shape[1]} target tokens of {int(np.prod(grid))}")
+        print(f"{g['name']}: {ctx.shape[1]} context, {tgt.shape[1]} target tokens of {int(np.prod(grid))}; "
+              f"tubelet 0 as text (C = context, T = target, . = dropped):")
+        for line in tok.reshape(grid)[0]:  # the same token map in the terminal (and in the README)
+            print("    " + " ".join(".CT"[v] for v in line))
     data.write_png(args.out, np.concatenate(rows, axis=0).clip(0, 255).astype(np.uint8))
     print(f"wrote {args.out} (rows: short-range, long-range; green = context, red = target, plain = dropped)")

@@ -457,6 +457,11 @@ def attention_maps(head, f, ds, n):
         pick = np.linspace(0, len(rgb) - 1, min(4, len(rgb))).round().astype(int)
         data.write_png(path + ".png", np.concatenate([np.hstack(grey[pick, ..., None].repeat(3, -1)),
                                                       np.hstack(rgb[pick])]))
+        if i == 0:  # the first video's middle tubelet as text, for terminals and the README
+            ramp, mid = " .:-=+*#%@", heat[len(heat) // 2, ::ps, ::ps]  # (H', W') in [0, 1]
+            print(f"attention of test video 0 ({f['video'][0]}), tubelet {grid[0] // 2}, min-max scaled ' ' to '@':")
+            for row in mid:
+                print("    |" + "".join(2 * ramp[min(int(v * len(ramp)), len(ramp) - 1)] for v in row) + "|")
     print(f"attention maps of {len(peaks)} test videos: {cfg.out_dir}/attn_maps (peak weight {np.mean(peaks):.1f}x "
           f"the clip's uniform weight, on average)")
 
@@ -503,6 +508,15 @@ def embed_map(f):
     data.scatter_png(os.path.join(cfg.out_dir, "embed_map.png"), z.numpy(), colours[groups],
                      [(colours[g], name) for g, name in names.items()], cfg.task,
                      [f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}"])
+    cols, rows = 64, 20  # the same scatter as text: one character per cell, the group of its last point
+    lo, hi = z.min(0).values, z.max(0).values
+    c = ((z - lo) / (hi - lo).clamp_min(1e-12) * torch.tensor([cols - 1.0, rows - 1.0])).round().long()  # (n, 2)
+    mark = {g: ({"PLAX": "L", "PSAX": "S"}.get(n) or n[1:2] or n) if classification else str(g) for g, n in names.items()}
+    canvas = [[" "] * cols for _ in range(rows)]
+    for (u, v), g in zip(c.tolist(), groups):
+        canvas[rows - 1 - v][u] = mark[g]
+    print("PC1 across, PC2 up; " + ", ".join(f"{mark[g]} = {n}" for g, n in names.items()))
+    print("\n".join("    |" + "".join(r) + "|" for r in canvas))
     print(f"embedding map: {cfg.out_dir}/embed_map.png | PC1, PC2 explain {100 * ratio[0]:.1f} %, "
           f"{100 * ratio[1]:.1f} % | silhouette of the {what} (Euclidean, {x.shape[1]}-d) {sil:.3f}")
     return dict(silhouette=sil, groups=what, explained_variance=ratio.tolist())
