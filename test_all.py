@@ -1124,6 +1124,7 @@ def test_probe_official_ckpt_eval_data_and_pictures():
         data.write_dataset(os.path.join(d, "ds"), 8, frames=8, n_pediatric=0)  # patient 7 = the test split
         metrics = lambda run: json.load(open(os.path.join(d, run, "metrics.json")))
         torch.manual_seed(0)
+        view_out = ""
         for task, n_out, src in (("view", 6, os.path.join(d, "ds")), ("lvef", 1, "synthetic")):
             head = AttentiveProbe(192, n_out, depth=2, heads=16)  # the random-init vitq encoder is 192 wide
             for p in head.parameters():
@@ -1146,6 +1147,7 @@ def test_probe_official_ckpt_eval_data_and_pictures():
                                                      os.path.join(d, f"{task}_official")])
             assert code == 0, err[-2000:]
             assert "2 classifiers, evaluating the first" in out
+            view_out = out if task == "view" else view_out
             assert ("without z-score statistics" in out) == (task == "lvef")
             m = metrics(f"{task}_official")
             assert m["test"] == metrics(f"{task}_ours")["test"] and m["best"] is None and m["val"] is None
@@ -1172,6 +1174,11 @@ def test_probe_official_ckpt_eval_data_and_pictures():
         emb, = decode(os.path.join(run, "embed_map.png"))
         assert emb.shape == (400, 540, 3) and len(np.unique(emb.reshape(-1, 3), axis=0)) >= 6 + 2
         assert -1 <= m_view["embed_map"]["silhouette"] <= 1
+        # the text previews: a (crop/16)-row attention frame of the ramp's characters, a 20-row scatter of view marks
+        att = view_out.split("min-max scaled ' ' to '@':\n")[1].splitlines()[:2]
+        assert all(len(r) == 4 + 2 + 2 * 2 and set(r[5:-1]) <= set(" .:-=+*#%@") for r in att), att
+        scatter = view_out.split("PC1 across, PC2 up; ")[1].splitlines()[1:21]
+        assert all(len(r) == 4 + 2 + 64 for r in scatter) and set("".join(scatter)) - set(" |") <= set("423L5S")
         # one clear line: a missing --eval_data, labels that do not fit the task, a probe of another width
         torch.save(dict(classifiers=[AttentiveProbe(96, 6, depth=2, heads=16).state_dict()]), os.path.join(d, "w.pt"))
         with open(os.path.join(d, "ds", "view_9.csv"), "w") as fh:
