@@ -380,6 +380,20 @@ def test_mae_baseline_steps_lower_loss():
     assert torch.equal(ns["target_encoder"].state_dict()["norm.weight"], target_before)  # no EMA in MAE mode
 
 
+def test_mae_checkpoint_runs_in_probe():
+    """Issue 8: --objective mae writes the same checkpoint format, so probe.py probes its encoder unchanged."""
+    with tempfile.TemporaryDirectory() as d:
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, "--objective", "mae", "--steps", "2", "--out_dir", d])
+        assert rc == 0, err
+        assert torch.load(os.path.join(d, "ckpt.pt"), weights_only=False)["config"]["objective"] == "mae"
+        args = [a for a in PROBE_TINY if a != "--random_init"]
+        rc, out, err = run_script("probe.py", [*args, "--ckpt", os.path.join(d, "ckpt.pt"), "--out_dir",
+                                               os.path.join(d, "probe")])
+        assert rc == 0, err[-2000:]
+        m = json.load(open(os.path.join(d, "probe", "metrics.json")))
+        assert m["encoder"].startswith(os.path.join(d, "ckpt.pt")) and 0 <= m["test"]["accuracy"] <= 1
+
+
 def test_fast_path_fallbacks_agree():
     """Each speed flag against its fallback: fused vs loop AdamW, activation checkpointing vs plain backward,
     bf16 autocast vs fp32 (the SDPA and fused-EMA fallbacks have their own tests above)."""
