@@ -387,7 +387,8 @@ def read_csv_rows(path, multiview=False, integer=False):
             paths = tuple(None if p == "MISS" else os.path.join(os.path.dirname(path), p) for p in fields[:-1])
             if all(p is None for p in paths):
                 raise ValueError(f"{where}: every view is MISS")
-            rows.append((paths, check_row(where, fields[-1], paths, integer), fields[0], os.path.basename(fields[0])))
+            first = next(p for p in fields[:-1] if p != "MISS")  # names the study (view 0 may be MISS)
+            rows.append((paths, check_row(where, fields[-1], paths, integer), first, os.path.basename(first)))
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows

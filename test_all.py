@@ -1127,6 +1127,27 @@ def test_probe_runs_and_bad_inputs():
         m = json.load(open(os.path.join(d, "robust", "metrics.json")))
         assert sorted(m["robustness"]) == [f"{k}_{lv}" for k in ("da", "gs") for lv in ("high", "low", "med")]
         assert m["eval_domain"] == "pediatric" and m["test"]["n"] == 6 and math.isfinite(m["avg_degradation_pct"])
+        # a multi-view CSV whose view 0 is MISS: each row is its own study (named by its first present view, not
+        # 'MISS'), and the attention map shows the first present view, not the zero-weight missing slot
+        rng = np.random.default_rng(0)
+        for name in ("p.avi", "q.avi", "r.avi"):
+            data.write_video(os.path.join(d, name), rng.integers(0, 255, (4, 32, 32), dtype=np.uint8), 50)
+        with open(os.path.join(d, "mv_test.csv"), "w") as f:
+            f.write("MISS p.avi q.avi 40\nMISS r.avi MISS 25\n")
+        code, err = run_probe(["--task", "rvsp", "--ckpt_probe", os.path.join(d, "rvsp", "probe.pt"), "--data",
+                               os.path.join(d, "mv_{split}.csv"), "--attn_maps", "2", "--out_dir", os.path.join(d, "mv")])
+        assert code == 0, err[-2000:]
+        assert json.load(open(os.path.join(d, "mv", "metrics.json")))["test"]["n"] == 2
+        with open(os.path.join(d, "mv", "test_predictions.csv")) as f:
+            assert [r.split(",")[0] for r in f.read().splitlines()[1:]] == ["p.avi", "r.avi"]
+        import av
+        pngs = [f for f in os.listdir(os.path.join(d, "mv", "attn_maps")) if f.endswith(".png")]
+        assert len(pngs) == 2
+        for png in pngs:
+            with av.open(os.path.join(d, "mv", "attn_maps", png)) as c:
+                strip = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(float)  # grey above, blend below
+            heat = strip[32:] - 0.5 * strip[:32]  # = 0.5 * jet(map) up to rounding: flat if it showed the empty slot
+            assert np.ptp(heat) > 20, np.ptp(heat)
 
 
 @one_thread()
