@@ -1104,6 +1104,7 @@ def test_probe_runs_and_bad_inputs():
             assert code != 0 and want in last and "error" in last, (args, err[-500:])  # one clear line
         out, err = view.communicate(timeout=120)
         assert view.returncode == 0, err[-2000:]
+        assert "note: 12 labelled train items: results move by several points with --seed" in out
         for task, n_out, n_heads in (("view", len(data.VIEWS), 6), ("rvsp", 1, 2)):
             run_dir = os.path.join(d, task)
             ck = torch.load(os.path.join(run_dir, "probe.pt"), weights_only=False)
