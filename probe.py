@@ -195,16 +195,19 @@ ext = {f"eval{i + 1}_{b}" if bases.count(b) > 1 else f"eval_{b}": (p, dataset("t
        for i, (b, p) in enumerate(zip(bases, cfg.eval_data))}
 
 
-def check_classes(n):
-    """Views: every evaluated class id must be one of the probe's n classes (else its label map is another)."""
+def check_fit(n, views):
+    """Every evaluated set must fit the probe: view class ids among its n classes (else its label map is another),
+    multi-view studies with its number of view slots (else the slots mean other views)."""
     for src, ds in [(cfg.data, test_ds), *ext.values()] + ([] if cfg.ckpt_probe else [(cfg.data, val_ds)]):
         if classification and max(ds.labels) >= n:
             fail(f"{src}: class id {max(ds.labels)}, but the probe has {n} classes (ids 0-{n - 1})")
+        if multiview and len(ds.rows[0][0]) != views:
+            fail(f"{src}: {len(ds.rows[0][0])} views per study, but the probe has {views} view slots")
 
 
 if not cfg.ckpt_probe:
     train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
-    check_classes(train_ds.num_classes)
+    check_fit(train_ds.num_classes, len(train_ds.rows[0][0]))
 
 
 # -----------------------------------------------------------------------------
@@ -556,7 +559,7 @@ if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
             zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
             print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
                   f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
-    check_classes(args["num_outputs"])
+    check_fit(args["num_outputs"], args.get("num_views", 0))
     heads = [AttentiveProbe(**args).to(device)]
     try:
         load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")

@@ -1149,6 +1149,12 @@ def test_probe_runs_and_bad_inputs():
                 strip = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(float)  # grey above, blend below
             heat = strip[32:] - 0.5 * strip[:32]  # = 0.5 * jet(map) up to rounding: flat if it showed the empty slot
             assert np.ptp(heat) > 20, np.ptp(heat)
+        with open(os.path.join(d, "two_test.csv"), "w") as f:  # 2 views per study for a 3-slot probe: one line
+            f.write("p.avi q.avi 40\n")
+        code, err = run_probe(["--task", "rvsp", "--ckpt_probe", os.path.join(d, "rvsp", "probe.pt"), "--eval_data",
+                               os.path.join(d, "two_{split}.csv"), "--out_dir", os.path.join(d, "x")])
+        last = err.strip().splitlines()[-1]
+        assert code != 0 and "2 views per study, but the probe has 3 view slots" in last and "error" in last, last
 
 
 @one_thread()
