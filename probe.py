@@ -551,8 +551,9 @@ if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
                     depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
                     num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
         grid, val_metrics, n_used, zstats = [], None, None, None
-        if (args["num_outputs"] > 1) != classification:
-            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs: not a --task {cfg.task} probe")
+        if (args["num_outputs"] > 1) != classification or (args["num_views"] > 0) != multiview:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs and {args['num_views']} view slots: "
+                 f"not a --task {cfg.task} probe")
         if len(pk["classifiers"]) > 1:
             print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
         if not classification:  # no z-score statistics stored: the train split's labels (never encoded)

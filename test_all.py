@@ -1222,15 +1222,21 @@ def test_probe_official_ckpt_eval_data_and_pictures():
         scatter = view_out.split("PC1 across, PC2 up; ")[1].splitlines()[1:21]
         assert all(len(r) == 4 + 2 + 64 for r in scatter) and set("".join(scatter)) - set(" |") <= set("423L5S")
         # one clear line: a missing --eval_data, labels that do not fit the task, a probe of another width
+        # and official probes of another task (a view head for LVEF, an RVSP head with view slots for LVEF)
         torch.save(dict(classifiers=[AttentiveProbe(96, 6, depth=2, heads=16).state_dict()]), os.path.join(d, "w.pt"))
+        torch.save(dict(classifiers=[AttentiveProbe(192, 1, depth=2, heads=16, num_views=3, num_clips=2).state_dict()]),
+                   os.path.join(d, "rvsp.pt"))
         with open(os.path.join(d, "ds", "view_9.csv"), "w") as fh:
             fh.write("Videos/S000007_A4C.avi 9\n")
+        official = ["--ckpt_probe", os.path.join(d, "view_official.pt")]
         for args, want in ((["--eval_data", os.path.join(d, "nope")], "no such file or folder"),
                            (["--eval_data", os.path.join(d, "ds", "lvef_test.csv")], "not a class id"),
                            (["--eval_data", os.path.join(d, "ds", "view_9.csv")], "class id 9, but the probe has 6"),
-                           (["--ckpt_probe", os.path.join(d, "w.pt")], "probe of width 96")):
-            code, err = run_probe(["--task", "view", "--ckpt_probe", os.path.join(d, "view_official.pt"), *args,
-                                   "--out_dir", os.path.join(d, "x")])
+                           (["--ckpt_probe", os.path.join(d, "w.pt")], "probe of width 96"),
+                           (["--task", "lvef"], "6 outputs and 0 view slots: not a --task lvef probe"),
+                           (["--task", "lvef", "--ckpt_probe", os.path.join(d, "rvsp.pt")],
+                            "1 outputs and 3 view slots: not a --task lvef probe")):
+            code, err = run_probe(["--task", "view", *official, *args, "--out_dir", os.path.join(d, "x")])
             last = err.strip().splitlines()[-1]
             assert code != 0 and want in last and "error" in last, (args, err[-500:])
 
