@@ -561,6 +561,9 @@ if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
             print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
                   f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
     check_fit(args["num_outputs"], args.get("num_views", 0))
+    if multiview and args["num_clips"] != cfg.num_clips:  # else its slot embeddings would land on the wrong tokens
+        fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_clips']} clip slots per view, this run encodes "
+             f"{cfg.num_clips}: pass --num_clips {args['num_clips']}")
     heads = [AttentiveProbe(**args).to(device)]
     try:
         load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")

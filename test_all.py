@@ -1155,6 +1155,10 @@ def test_probe_runs_and_bad_inputs():
                                os.path.join(d, "two_{split}.csv"), "--out_dir", os.path.join(d, "x")])
         last = err.strip().splitlines()[-1]
         assert code != 0 and "2 views per study, but the probe has 3 view slots" in last and "error" in last, last
+        code, err = run_probe(["--task", "rvsp", "--ckpt_probe", os.path.join(d, "rvsp", "probe.pt"), "--num_clips",
+                               "1", "--out_dir", os.path.join(d, "x")])  # slot embeddings would land on wrong tokens
+        last = err.strip().splitlines()[-1]
+        assert code != 0 and "has 2 clip slots per view, this run encodes 1: pass --num_clips 2" in last, last
 
 
 @one_thread()
