@@ -546,6 +546,9 @@ if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
                                                    pk["val"], pk.get("n_train"))
         if pk["config"]["task"] != cfg.task:
             fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
+        if pk.get("encoder", encoder_source) != encoder_source:  # allowed (same width), but say so
+            print(f"note: --ckpt_probe {cfg.ckpt_probe} was trained on the features of {pk['encoder']}, "
+                  f"not of {encoder_source}")
     else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
         args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
                     depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),

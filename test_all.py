@@ -1128,6 +1128,11 @@ def test_probe_runs_and_bad_inputs():
         m = json.load(open(os.path.join(d, "robust", "metrics.json")))
         assert sorted(m["robustness"]) == [f"{k}_{lv}" for k in ("da", "gs") for lv in ("high", "low", "med")]
         assert m["eval_domain"] == "pediatric" and m["test"]["n"] == 6 and math.isfinite(m["avg_degradation_pct"])
+        for seed in (0, 1):  # the probe was trained on the seed-0 random encoder: another encoder gets a note
+            code, out, err = run_script("probe.py", [*PROBE_TINY, "--task", "view", "--seed", str(seed), "--ckpt_probe",
+                                                     os.path.join(d, "view", "probe.pt"), "--out_dir", os.path.join(d, "x")])
+            assert code == 0 and ("was trained on the features of random init vit_quick (seed 0), not of random init "
+                                  "vit_quick (seed 1)" in out) == (seed == 1), out[-500:]
         # a multi-view CSV whose view 0 is MISS: each row is its own study (named by its first present view, not
         # 'MISS'), and the attention map shows the first present view, not the zero-weight missing slot
         rng = np.random.default_rng(0)
