@@ -19,6 +19,7 @@ import inspect
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -66,6 +67,7 @@ class Config:
     out_dir: str = "out"                  # checkpoint and log.txt go here
     log_interval: int = 20                # steps between log lines (the only host syncs of the loop)
     ckpt_interval: int = 200              # steps between checkpoints (one is always written at the end)
+    keep_ckpts: bool = False              # also keep each checkpoint as ckpt_<step>.pt, to probe along the run
     resume: bool = False                  # continue from out_dir/ckpt.pt: weights, optimiser, step
     bench: bool = False                   # throughput benchmark on synthetic device tensors, then exit
     bench_steps: int = 20                 # timed steps of --bench (after warm-up)
@@ -416,6 +418,14 @@ def save_checkpoint(it, loss):
     tmp = ckpt_path + ".tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, ckpt_path)
+    if cfg.keep_ckpts:  # a hard link (no copy): the next os.replace gives ckpt.pt a new file and leaves this one
+        kept = os.path.join(cfg.out_dir, f"ckpt_{it:06d}.pt")
+        if os.path.exists(kept):  # a resumed run saving the same step again
+            os.remove(kept)
+        try:
+            os.link(ckpt_path, kept)
+        except OSError:  # a file system without hard links: the same bytes, copied
+            shutil.copyfile(ckpt_path, kept)
 
 
 # Preemption: SIGTERM/SIGINT only set a flag; the loop saves at the next step boundary and exits 0.

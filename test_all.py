@@ -479,9 +479,14 @@ def logged_losses(folder):
 
 def test_pretrain_run_and_checkpoint_roundtrip():
     with tempfile.TemporaryDirectory() as d:
-        rc, out, err = run_script("pretrain.py", [*TINY_RUN, "--steps", "4", "--ckpt_interval", "2", "--out_dir", d])
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, "--steps", "4", "--ckpt_interval", "2", "--keep_ckpts",
+                                                  "--out_dir", d])
         assert rc == 0, err
         ck = torch.load(os.path.join(d, "ckpt.pt"), weights_only=False)
+        kept = [torch.load(os.path.join(d, f"ckpt_00000{i}.pt"), weights_only=False) for i in (2, 4)]  # --keep_ckpts
+        assert kept[0]["step"] == 2 and kept[1]["step"] == 4 and sorted(os.listdir(d)).count("ckpt_000002.pt") == 1
+        assert all(torch.equal(v, kept[1]["encoder"][k]) for k, v in ck["encoder"].items())
+        assert not all(torch.equal(v, kept[0]["encoder"][k]) for k, v in ck["encoder"].items())  # step 2 kept as is
         assert {"encoder", "predictor", "target_encoder", "opt", "epoch", "itr", "step", "loss", "batch_size",
                 "world_size", "lr", "config"} <= set(ck)
         assert ck["step"] == 4 and ck["config"]["model"] == "vitq" and ck["world_size"] == 1
