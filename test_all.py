@@ -581,7 +581,8 @@ from test_all import script_functions
 big = {{"w": torch.randn(20_000_000)}}  # 80 MB: each save takes long enough to be killed inside
 ns = script_functions("pretrain.py", ["save_checkpoint"], torch=torch, os=os, ckpt_path={os.path.join(d, 'ckpt.pt')!r},
     raw_encoder=torch.nn.Linear(2, 2), raw_predictor=torch.nn.Linear(2, 2), target_encoder=torch.nn.Linear(2, 2),
-    opt=types.SimpleNamespace(state_dict=lambda: big), cfg=types.SimpleNamespace(compile=False, batch_size=1),
+    opt=types.SimpleNamespace(state_dict=lambda: big),
+    cfg=types.SimpleNamespace(compile=False, batch_size=1, keep_ckpts=False),
     global_batch=1, dataset=[0], world_size=1, mae=False, get_lr=lambda it: 0.0, asdict=lambda c: {{}}, fail=print)
 i = 0
 while True:
