@@ -434,6 +434,50 @@ def confusion_png(path, conf, cell=24):
 # -----------------------------------------------------------------------------
 # pictures: numpy rasters written with PyAV (data.write_png / write_video), no plotting library
 
+# the picture kit, no plotting library: a colour map, a palette and a 3x5 bitmap font
+PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)], np.uint8)  # 10 distinct hues
+FONT = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-.%", [  # glyph = 5 rows x 3 bits, top row in the high bits
+    0x7b6f, 0x2c97, 0x73e7, 0x73cf, 0x5bc9, 0x79cf, 0x79ef, 0x7249, 0x7bef, 0x7bcf, 0x2bed, 0x6bae, 0x3923, 0x6b6e,
+    0x79a7, 0x79a4, 0x396b, 0x5bed, 0x7497, 0x126a, 0x5bad, 0x4927, 0x5fed, 0x6b6d, 0x2b6a, 0x6ba4, 0x2b73, 0x6bad,
+    0x388e, 0x7492, 0x5b6f, 0x5b6a, 0x5bfd, 0x5aad, 0x5a92, 0x72a7, 0x01c0, 0x0002, 0x52a5]))
+
+
+def jet(x):
+    """Colour map: values in [0, 1], any shape -> uint8 RGB (..., 3), dark blue -> cyan -> yellow -> dark red."""
+    x = np.clip(np.asarray(x, np.float64), 0, 1)[..., None]
+    return np.round(255 * np.clip(1.5 - np.abs(4 * x - np.array([3, 2, 1])), 0, 1)).astype(np.uint8)
+
+
+def draw_text(img, y, x, text, color, scale=2):
+    """Write text into an (H, W, 3) uint8 image in place, top-left corner (y, x): the 3x5 FONT (upper case; other
+    characters are blank), each font pixel scale x scale, one font pixel between characters, clipped at the border."""
+    for i, ch in enumerate(text.upper()):
+        glyph = ((FONT.get(ch, 0) >> np.arange(14, -1, -1)) & 1).reshape(5, 3).astype(bool)
+        glyph = glyph.repeat(scale, 0).repeat(scale, 1)  # (5*scale, 3*scale)
+        box = img[y:y + 5 * scale, x + 4 * scale * i:x + 4 * scale * i + 3 * scale]
+        box[glyph[:box.shape[0], :box.shape[1]]] = color
+
+
+def scatter_png(path, xy, colours, legend, title="", notes=(), S=400, r=3):
+    """Scatter plot PNG (S, S + 140, 3): points xy (n, 2) fitted into an S x S frame (y up), discs of radius r in
+    colours (n, 3), painted in a seeded random order (no group always on top); a right column with the title, the
+    legend [(colour, name)] and, at the bottom, the notes."""
+    img = np.full((S, S + 140, 3), 255, np.uint8)
+    img[[0, S - 1], :S], img[:, [0, S - 1]] = 160, 160  # frame
+    p = (r + 2 + (xy - xy.min(0)) / np.maximum(np.ptp(xy, 0), 1e-12) * (S - 2 * r - 5) + 0.5).astype(int)  # (n, 2)
+    dy, dx = np.nonzero(np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r + 0.3)  # offsets of a disc, + r
+    o = np.random.default_rng(0).permutation(len(p))
+    img[S - 1 - r - p[o, 1, None] + dy, p[o, 0, None] + dx - r] = colours[o][:, None]  # (n, disc) pixels
+    draw_text(img, 10, S + 10, title, (0, 0, 0))
+    for k, (colour, name) in enumerate(legend):
+        img[30 + 18 * k:40 + 18 * k, S + 10:S + 20] = colour
+        draw_text(img, 30 + 18 * k, S + 26, name, (0, 0, 0))
+    for k, note in enumerate(notes):
+        draw_text(img, S - 18 * (len(notes) - k), S + 10, note, (0, 0, 0))
+    data.write_png(path, img)
+
+
 
 @torch.no_grad()
 def attention_maps(head, f, ds, n):
@@ -454,7 +498,7 @@ def attention_maps(head, f, ds, n):
         clip = ds[i]["clips"][(v, 0) if multiview else 0][0].numpy()  # (T, crop, crop), ImageNet-normalised
         grey = np.clip((clip * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]) * 255 + 0.5, 0, 255).astype(np.uint8)
         heat = ((w - w.min()) / max(w.max() - w.min(), 1e-12)).repeat(pt, 0).repeat(ps, 1).repeat(ps, 2)  # (T, H, W)
-        rgb = (0.5 * grey[..., None] + 0.5 * data.jet(heat) + 0.5).astype(np.uint8)  # (T, crop, crop, 3)
+        rgb = (0.5 * grey[..., None] + 0.5 * jet(heat) + 0.5).astype(np.uint8)  # (T, crop, crop, 3)
         path = os.path.join(cfg.out_dir, "attn_maps", f"{i:03d}_" + re.sub(r"[^\w.-]+", "_", f["video"][i]))
         data.write_video(path + ".mp4", rgb, cfg.fps, codec="libx264")
         pick = np.linspace(0, len(rgb) - 1, min(4, len(rgb))).round().astype(int)
@@ -500,15 +544,15 @@ def embed_map(f):
     x = (f["feats"].float() * keep).sum(1) / keep.sum(1)  # (n, D)
     y = f["label"].numpy()
     if classification:
-        groups, colours = y.astype(int), data.PALETTE[np.arange(int(y.max()) + 1) % len(data.PALETTE)]
+        groups, colours = y.astype(int), PALETTE[np.arange(int(y.max()) + 1) % len(PALETTE)]
         names = {g: data.VIEWS[g] if g < len(data.VIEWS) else str(g) for g in np.unique(groups)}
     else:
         edges = np.quantile(y, np.linspace(0, 1, 6))
-        groups, colours = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, 4), data.jet(np.arange(0.1, 1, 0.2))
+        groups, colours = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, 4), jet(np.arange(0.1, 1, 0.2))
         names = {g: f"{edges[g]:.0f}-{edges[g + 1]:.0f}" for g in np.unique(groups)}
     z, _, ratio = pca2(x.double())
     sil, what = silhouette(x.numpy(), groups), "views" if classification else "label quintiles"
-    data.scatter_png(os.path.join(cfg.out_dir, "embed_map.png"), z.numpy(), colours[groups],
+    scatter_png(os.path.join(cfg.out_dir, "embed_map.png"), z.numpy(), colours[groups],
                      [(colours[g], name) for g, name in names.items()], cfg.task,
                      [f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}"])
     cols, rows = 64, 20  # the same scatter as text: one character per cell, the group of its last point
