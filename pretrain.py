@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from masks import MaskCollator, budgets, sample_masks, sample_tube_mask
+from masks import MASK_POLICIES, MaskCollator, budgets, sample_masks, sample_tube_mask
 from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict
 
 # -----------------------------------------------------------------------------
@@ -57,6 +58,9 @@ class Config:
     final_lr: float = 0.0                 # learning rate at the end of the cooldown
     wd: float = 0.04                      # AdamW weight decay on weights (ndim >= 2), 0 on biases and norms
     ema: tuple = (0.99, 0.999)            # target-encoder EMA momentum, linear from ema[0] to ema[1] over the run
+    masks: str = "official"               # mask policy: official (SPEC 3) or small (long-range blocks of 0.35, masks.py)
+    mask_pairs: int = 1                   # mask pairs per generator sharing one target pass (data2vec 2.0); official 1
+    reg_coeff: float = 0.0                # V-JEPA 1 variance hinge on predictions, mean(relu(1 - std)); official 0
     dtype: str = "auto"                   # float32 | bfloat16 | float16 | auto (bf16 on CUDA if supported, else fp32)
     compile: bool = None                  # torch.compile(dynamic=False) the 3 networks; default on for CUDA, off on CPU
     sdpa: bool = True                     # fused scaled_dot_product_attention (off: explicit softmax reference)
@@ -71,6 +75,9 @@ class Config:
     resume: bool = False                  # continue from out_dir/ckpt.pt: weights, optimiser, step
     bench: bool = False                   # throughput benchmark on synthetic device tensors, then exit
     bench_steps: int = 20                 # timed steps of --bench (after warm-up)
+    eval_interval: int = 400              # steps between read-outs of the target encoder, also at 0 and the end (0 = off)
+    readout_n: int = 10                   # read-out set: n train, 2.5n test clips per view; 8n train, 8n test A4C (LVEF)
+    readout_only: list = None             # read out these checkpoints' target encoders (or 'random'), then exit
 
 
 # argparse built from the block above; the comment of each line becomes its --help
@@ -81,10 +88,13 @@ for f in fields(Config):
         parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
     elif f.type is tuple:
         parser.add_argument(f"--{f.name}", type=float, nargs=2, default=f.default, help=HELP[f.name])
+    elif f.type is list:
+        parser.add_argument(f"--{f.name}", nargs="+", default=f.default, help=HELP[f.name])
     else:
         parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name],
                             choices=sorted(CONFIGS) if f.name == "model" else
-                            ["jepa", "mae"] if f.name == "objective" else None)
+                            ["jepa", "mae"] if f.name == "objective" else
+                            sorted(MASK_POLICIES) if f.name == "masks" else None)
 cfg = Config(**vars(parser.parse_args()))
 cfg.ema = tuple(cfg.ema)
 if cfg.crop % 16:
@@ -242,18 +252,24 @@ grid = (cfg.frames // 2, cfg.crop // 16, cfg.crop // 16)
 
 
 def jepa_loss(clips, masks):
-    """L1 between predicted and target latents of the masked tubes, averaged over the mask generators."""
+    """L1 between predicted and target latents of the masked tubes, averaged over the mask generators; plus, with
+    --reg_coeff, V-JEPA 1's hinge on the predictions' std over tokens (facebookresearch/jepa app/vjepa/train.py
+    reg_fn: sqrt(var over each sample's target tokens + 1e-4) per feature, averaged over generators)."""
     with torch.no_grad():
         h = target_encoder(clips)
         h = F.layer_norm(h, (h.size(-1),))  # non-affine LN on top of the encoder's own final norm (V-JEPA)
-    loss, stats = 0.0, []
+    loss, stats, pstd = 0.0, [], 0.0
     for ctx, tgt in masks:
         z = predictor(encoder(clips, ctx), ctx, tgt, grid)  # (B, Kt, D)
         ht = torch.gather(h, 1, tgt.unsqueeze(-1).expand(-1, -1, h.size(-1)))  # (B, Kt, D)
         loss = loss + (z.float() - ht.float()).abs().mean()
+        pstd = pstd + torch.sqrt(z.float().var(dim=1) + 1e-4) / len(masks)  # (B, D)
         # collapse monitor: mean per-dimension std of targets and predictions (jepa's input_var / pstd_z)
         stats.append(torch.stack([ht.float().std(dim=(0, 1)).mean(), z.detach().float().std(dim=(0, 1)).mean()]))
-    return loss / len(masks), torch.stack(stats).mean(0)
+    loss = loss / len(masks)
+    if cfg.reg_coeff > 0:  # 0 in every released V-JEPA / EchoJEPA config
+        loss = loss + cfg.reg_coeff * F.relu(1 - pstd).mean()
+    return loss, torch.stack(stats).mean(0)
 
 
 def mae_loss(clips, masks):
@@ -320,7 +336,7 @@ def peak_flops():
 
 
 mask_fn = (lambda keys, it: sample_tube_mask(grid, keys, cfg.seed)) if mae else \
-    (lambda keys, it: sample_masks(grid, keys, it, cfg.seed))
+    (lambda keys, it: sample_masks(grid, keys, it, cfg.seed, MASK_POLICIES[cfg.masks], cfg.mask_pairs))
 try:  # fail now, in one line, if this clip geometry cannot meet the mask budgets (tiny crops)
     mask_fn(list(range(cfg.batch_size)), 0)
 except RuntimeError as e:
@@ -366,10 +382,141 @@ if cfg.bench:
         torch.distributed.destroy_process_group()
     sys.exit(0)
 
+import data  # noqa: E402  (after the bench exit: --bench needs no video stack)
+
+# -----------------------------------------------------------------------------
+# online read-out: is the representation learning? Frozen target-encoder features of a fixed labelled synthetic
+# set, closed-form ridge read-outs (as solo-learn's online monitors, without an optimiser). Step 0 is the random-init
+# encoder of the same seed and architecture, so every curve starts at its own random baseline.
+
+READOUT_BASE = 3 * 10**9  # read-out patients: disjoint from the pretraining stream (keys < 2^20) and data.SPLIT_BASE
+READOUT_N = dict(view_train=cfg.readout_n, view_test=round(2.5 * cfg.readout_n), ef_train=8 * cfg.readout_n,
+                 ef_test=8 * cfg.readout_n)  # clips per view class; A4C clips (one per patient) for LVEF
+
+
+def readout_set():
+    """The read-out clips, rendered once (patients seeded 0 for every run): uint8 grey (n, T, H, W), and the index
+    sets and labels of the view task (every view of a patient) and the LVEF task (one A4C clip per patient)."""
+    nv, ne = READOUT_N["view_train"] + READOUT_N["view_test"], READOUT_N["ef_train"] + READOUT_N["ef_test"]
+    items = [(READOUT_BASE + i, v) for i in range(nv) for v in data.VIEWS]
+    items += [(READOUT_BASE + 10**6 + i, "A4C") for i in range(ne)]
+    n_frames = max(data.SYNTH_FRAMES, cfg.frames * int(data.SYNTH_FPS // cfg.fps))
+    idx = data.clip_indices(n_frames, data.SYNTH_FPS, cfg.frames, cfg.fps)[0]  # the centred clip, as probe.py's eval
+    clips, views, efs = [], [], []
+    for index, view in tqdm(items, desc="render read-out set", unit="clip", dynamic_ncols=True, leave=False):
+        video, lab = data.synth_video(0, index, view, frames=int(idx.max()) + 1, frame_idx=idx)
+        clips.append(video)
+        views.append(lab["view_id"])
+        efs.append(lab["EF"])
+    n_view, vt = len(data.VIEWS) * nv, len(data.VIEWS) * READOUT_N["view_train"]
+    ar = torch.arange(len(items))
+    return dict(clips=np.stack(clips), view=torch.tensor(views)[:n_view], ef=torch.tensor(efs, dtype=torch.float64)[n_view:],
+                view_train=ar[:vt], view_test=ar[vt:n_view],
+                ef_train=ar[n_view:n_view + READOUT_N["ef_train"]], ef_test=ar[n_view + READOUT_N["ef_train"]:])
+
+
+@torch.no_grad()
+def readout_features(enc, clips):
+    """Two poolings of the frozen tokens, float64 on the CPU: 'mean', every token averaged (n, D); and 'grid', the
+    tokens of each 2x2 spatial quadrant averaged per time step, summarised by mean and std over time (n, 8 D). The
+    grid pooling keeps where and how much things move, where the ejection fraction lives."""
+    T, H, W = grid
+    rows, cols = (slice(0, (H + 1) // 2), slice(H // 2, H)), (slice(0, (W + 1) // 2), slice(W // 2, W))
+    pooled = []
+    for i in range(0, len(clips), cfg.batch_size):
+        x = torch.stack([data.eval_transform(c, cfg.crop) for c in clips[i:i + cfg.batch_size]]).to(device)
+        with autocast:
+            z = enc(x).float()  # (B, N, D)
+        z = z.view(len(x), T, H, W, -1)  # (B, T', H', W', D)
+        q = torch.stack([z[:, :, r, c].mean((2, 3)) for r in rows for c in cols], 2)  # (B, T', 4, D)
+        pooled.append(torch.cat([z.mean((1, 2, 3)), torch.cat([q.mean(1), q.std(1)], -1).flatten(1)], 1).cpu())
+    f = torch.cat(pooled).double()
+    D = z.shape[-1]
+    return dict(mean=f[:, :D], grid=f[:, D:])
+
+
+def ridge(xtr, ytr, xte, lams=10.0 ** np.arange(-2, 6)):
+    """Closed-form ridge regression on standardised features, its lambda chosen by the exact leave-one-out squared
+    error (the hat-matrix shortcut: no refits). xtr (n, d), ytr (n, k), xte (m, d) -> predictions (m, k)."""
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
+    a, b, ym = (xtr - mu) / sd, (xte - mu) / sd, ytr.mean(0)
+    U, S, Vt = torch.linalg.svd(a, full_matrices=False)  # (n, r), (r,), (r, d)
+    Uy = U.T @ (ytr - ym)  # (r, k)
+    def loo(lam):
+        s = S ** 2 / (S ** 2 + lam)
+        lev = (U ** 2 * s).sum(1) + 1 / len(a)  # hat-matrix diagonal, intercept included
+        return ((((ytr - ym) - U @ (s[:, None] * Uy)) / (1 - lev)[:, None]) ** 2).mean().item()
+    lam = min(lams, key=loo)
+    return b @ (Vt.T @ ((S / (S ** 2 + lam))[:, None] * Uy)) + ym
+
+
+def rankme(f):
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of the embedding matrix;
+    a label-free collapse signal (1 = collapsed to a line, D = every direction used equally). Deviation: of the
+    centred matrix, since the common mean of layer-normed tokens would otherwise take most of the spectrum."""
+    s = torch.linalg.svdvals(f - f.mean(0))
+    p = s / s.sum() + 1e-7
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def readout(enc, it, what="target"):
+    """Read out a frozen encoder at step it: one log line, one row of out_dir/readout.csv; returns the row."""
+    global ro
+    t0 = time.perf_counter()
+    ro = ro if ro is not None else readout_set()
+    was_training = enc.training
+    feats = readout_features(enc.eval(), ro["clips"])
+    enc.train(was_training)
+    ef_tr, ef_te = ro["ef"][ro["ef_train"] - ro["ef_train"][0]], ro["ef"][ro["ef_test"] - ro["ef_train"][0]]
+    row = dict(step=it, encoder=what)
+    for name, f in feats.items():
+        onehot = F.one_hot(ro["view"][ro["view_train"]], len(data.VIEWS)).double()
+        pred = ridge(f[ro["view_train"]], onehot, f[ro["view_test"]]).argmax(1)
+        row[f"view_acc_{name}"] = float((pred == ro["view"][ro["view_test"]]).double().mean())
+        err = ridge(f[ro["ef_train"]], ef_tr[:, None], f[ro["ef_test"]])[:, 0] - ef_te
+        row[f"ef_mae_{name}"] = float(err.abs().mean())
+        row[f"ef_r2_{name}"] = float(1 - (err ** 2).sum() / ((ef_te - ef_te.mean()) ** 2).sum())
+    row["ef_mae_meanpred"] = float((ef_te - ef_tr.mean()).abs().mean())  # the baseline of an EF read-out
+    row["rankme"] = rankme(feats["mean"])
+    row["seconds"] = time.perf_counter() - t0
+    line = (f"readout step {it:6d} | view acc {row['view_acc_mean']:.3f} (mean pool) {row['view_acc_grid']:.3f} (grid) | "
+          f"LVEF MAE {row['ef_mae_mean']:.2f} R2 {row['ef_r2_mean']:.2f} (mean) {row['ef_mae_grid']:.2f} R2 "
+          f"{row['ef_r2_grid']:.2f} (grid), mean predictor {row['ef_mae_meanpred']:.2f} | RankMe {row['rankme']:.1f} | "
+          f"{row['seconds']:.1f} s" + ("" if what == "target" else f" | {what}"))
+    tqdm.write(line)
+    if log_file is not None:
+        log_file.write(line + "\n")
+        log_file.flush()
+    path = os.path.join(cfg.out_dir, "readout.csv")
+    new = not os.path.isfile(path)
+    with open(path, "a") as fh:
+        fh.write((",".join(row) + "\n" if new else "") + ",".join(f"{v:.6g}" if isinstance(v, float) else str(v)
+                                                               for v in row.values()) + "\n")
+    return row
+
+
+ro, log_file = None, None  # the read-out set, rendered at the first read-out; the training log (rank 0)
+if cfg.readout_only:  # read out saved checkpoints (e.g. --keep_ckpts files) or a random init, then exit
+    for path in cfg.readout_only:
+        if path == "random":  # the same weights as step 0 of a run with this --seed and --model
+            torch.manual_seed(cfg.seed)
+            readout(Encoder(mcfg).to(device), 0, f"random init (seed {cfg.seed})")
+            continue
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+            c = copy.deepcopy(CONFIGS[ck["config"]["model"]])
+            c.rope = ck["config"].get("rope", "reference")
+            enc = Encoder(c)
+            load_strict(enc, ck["target_encoder"], f"{path} target_encoder")
+        except ValueError as e:
+            fail(str(e))
+        except Exception as e:
+            fail(f"{path}: not a pretrain.py checkpoint ({type(e).__name__}: {e})")
+        readout(enc.to(device), int(ck.get("step", 0)), path)
+    sys.exit(0)
+
 # -----------------------------------------------------------------------------
 # data: sample key -> clip is deterministic, batches of keys are a pure function of the step
-
-import data  # noqa: E402  (after the bench exit: --bench needs no video stack)
 
 try:
     dataset = data.build_pretrain_dataset(cfg.data, cfg.frames, cfg.crop, cfg.fps, cfg.seed)
@@ -400,8 +547,9 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 global_batch = cfg.batch_size * world_size
+collate = MaskCollator(grid, global_batch, cfg.seed, cfg.objective, cfg.masks, cfg.mask_pairs)
 loader = torch.utils.data.DataLoader(
-    Keyed(), batch_sampler=StepBatches(step), collate_fn=MaskCollator(grid, global_batch, cfg.seed, cfg.objective),
+    Keyed(), batch_sampler=StepBatches(step), collate_fn=collate,
     num_workers=cfg.num_workers, pin_memory=device_type == "cuda", persistent_workers=cfg.num_workers > 0,
     prefetch_factor=4 if cfg.num_workers > 0 else None)
 
@@ -444,13 +592,15 @@ if master_process:
     log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
     log_file.write(f"config {asdict(cfg)}\n")
 
-from tqdm import tqdm  # noqa: E402
-
 pbar = tqdm(total=cfg.steps, initial=step, disable=not master_process, dynamic_ncols=True, desc="pretrain")
 loss_acc, stats_acc, n_acc = torch.zeros((), device=device), torch.zeros(2, device=device), 0
 bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, checked without a sync
 t_data, t_log, last_loss = 0.0, time.perf_counter(), float("nan")
 data_iter = iter(loader)
+readout_target = raw_encoder if mae else getattr(target_encoder, "_orig_mod", target_encoder)
+if master_process and cfg.eval_interval > 0 and step == 0:
+    readout(readout_target, 0)
+    t_log = time.perf_counter()
 while step < cfg.steps:
     t0 = time.perf_counter()
     clips, masks = next(data_iter)
@@ -496,6 +646,9 @@ while step < cfg.steps:
         n_acc, t_data, t_log = 0, 0.0, time.perf_counter()
         if master_process and (step % cfg.ckpt_interval == 0 or last):
             save_checkpoint(step, last_loss)
+    if master_process and cfg.eval_interval > 0 and (step % cfg.eval_interval == 0 or step == cfg.steps):
+        readout(readout_target, step)  # rank 0 only: the others wait for it at the next gradient all-reduce
+        t_log = time.perf_counter()  # the read-out's seconds are not training ms/step
     if stop:
         if master_process:
             pbar.write(f"received signal {stop_signal[0] if stop_signal else '(on another rank)'}: "

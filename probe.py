@@ -64,9 +64,10 @@ class Config:
     fold: int = -1                        # EchoNet-Pediatric fold: k = TEST, k+1 = VAL, the rest TRAIN (-1 = none)
     train_domain: str = "adult"           # synthetic domain of train and val: adult | pediatric
     eval_domain: str = ""                 # synthetic domain of test ('' = train_domain; pediatric = zero-shot)
-    n_train: int = 1000                   # synthetic train items (videos; studies for rvsp), before --label_frac
+    n_train: int = 6000                   # synthetic train items (videos; studies for rvsp): 1 % = 10 per view class
     n_val: int = 100                      # synthetic val items (choose the best head)
-    n_test: int = 100                     # synthetic test items (x7 encodes with --robustness)
+    n_test: int = 300                     # synthetic test items (x7 encodes with --robustness)
+    data_seed: int = 0                    # seed of the synthetic patients of every split (fixed across --seeds)
     frames: int = 16                      # frames per clip (even: tubelets of 2)
     crop: int = 112                       # clip height = width (multiple of 16)
     fps: float = 8.0                      # target sampling rate of clip frames
@@ -88,6 +89,7 @@ class Config:
     num_workers: int = 1                  # DataLoader processes decoding/rendering clips while the encoder runs
     cache_dir: str = ""                   # also keep encoded features here, keyed by encoder + data ('' = memory)
     seed: int = 0                         # seeds the label subset, probe init, batch order and random encoder
+    seeds: list = field(default_factory=list)  # repeat the run for each seed (reusing encoded clips): mean +- sd
     out_dir: str = ""                     # run folder ('' = out/probe_<task>, + _random with --random_init)
 
 
@@ -98,7 +100,8 @@ for f in fields(Config):
     if f.type is bool:
         parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
     elif f.type is list:  # --eval_data A B, or --eval_data A --eval_data B
-        parser.add_argument(f"--{f.name}", nargs="+", action="extend", default=[], help=HELP[f.name])
+        parser.add_argument(f"--{f.name}", nargs="+", action="extend", default=[], help=HELP[f.name],
+                            type=int if f.name == "seeds" else None)
     elif f.type is tuple:
         parser.add_argument(f"--{f.name}", type=float, nargs="+", default=f.default, help=HELP[f.name])
     else:
@@ -107,6 +110,7 @@ for f in fields(Config):
         parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name], choices=choices)
 cfg = Config(**vars(parser.parse_args()))
 cfg.eval_domain = cfg.eval_domain or cfg.train_domain
+cfg.seed = cfg.seeds[0] if cfg.seeds else cfg.seed  # the first run's seed (encoder, labels)
 cfg.out_dir = cfg.out_dir or os.path.join("out", f"probe_{cfg.task}" + ("_random" if cfg.random_init else ""))
 if not 0 < cfg.label_frac <= 1:
     parser.error(f"--label_frac {cfg.label_frac} must be in (0, 1]")
@@ -118,6 +122,8 @@ if cfg.ckpt_probe and not os.path.isfile(cfg.ckpt_probe):
     parser.error(f"--ckpt_probe {cfg.ckpt_probe}: no such file")
 if cfg.random_init and cfg.init:
     parser.error("--random_init and --init exclude each other")
+if cfg.ckpt_probe and len(cfg.seeds) > 1:
+    parser.error("--seeds repeats probe training; --ckpt_probe evaluates a trained probe (pass one --seed)")
 for p in cfg.eval_data:
     if p != "synthetic" and not os.path.exists(p.replace("{split}", "test")):
         parser.error(f"--eval_data {p}: no such file or folder")
@@ -160,7 +166,7 @@ import data  # noqa: E402  (after the argument checks: bad flags fail fast, with
 def dataset(split, domain, src, frame_fn=None):
     """One probe split, or one clear error line (missing split, a task whose labels the data lacks, bad rows)."""
     try:
-        return data.build_probe_dataset(src, cfg.task, split, cfg.frames, cfg.crop, cfg.fps, cfg.seed,
+        return data.build_probe_dataset(src, cfg.task, split, cfg.frames, cfg.crop, cfg.fps, cfg.data_seed,
                                         num_clips=cfg.num_clips, domain=domain,
                                         fold=None if cfg.fold < 0 else cfg.fold, n_train=cfg.n_train,
                                         n_val=cfg.n_val, n_test=cfg.n_test, frame_fn=frame_fn)
@@ -280,17 +286,19 @@ feature_cache, encode_seconds = {}, [0.0]
 weights_key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in encoder.state_dict().values())).hexdigest()
 
 
-def features(name, ds, indices, key_extra=""):
-    """dict(feats (n, L, D) float16, present (n, V), label, study, video) of ds[indices], encoded once per run
-    (memory) and, with --cache_dir, once per (encoder weights, data, geometry, items) on disk."""
-    if name in feature_cache:
-        return feature_cache[name]
-    key = hashlib.sha1(repr((weights_key, cfg.task, cfg.frames, cfg.crop, cfg.fps, cfg.num_clips, cfg.seed,
+def features(name, ds, indices, key_extra="", keep=True):
+    """dict(feats (n, L, D) float16, present (n, V), label, study, video) of ds[indices], encoded once per
+    (encoder weights, data, geometry, items): kept in memory (keep=True; so --seeds reuse them) and, with
+    --cache_dir, on disk."""
+    key = hashlib.sha1(repr((weights_key, cfg.task, cfg.frames, cfg.crop, cfg.fps, cfg.num_clips, cfg.data_seed,
                              ds.rows[:3], len(ds), list(indices), key_extra)).encode()).hexdigest()[:16]
+    if key in feature_cache:
+        return feature_cache[key]
     path = os.path.join(cfg.cache_dir, f"feats_{key}.pt") if cfg.cache_dir else ""
     if path and os.path.isfile(path):
-        feature_cache[name] = torch.load(path, weights_only=False)
-        return feature_cache[name]
+        out = torch.load(path, weights_only=False)
+        feature_cache.update({key: out} if keep else {})
+        return out
     t0 = time.time()
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(indices)), batch_size=cfg.batch_size,
                                          num_workers=cfg.num_workers)
@@ -310,7 +318,7 @@ def features(name, ds, indices, key_extra=""):
         os.makedirs(cfg.cache_dir, exist_ok=True)
         torch.save(out, path + ".tmp")
         os.replace(path + ".tmp", path)
-    feature_cache[name] = out
+    feature_cache.update({key: out} if keep else {})
     return out
 
 
@@ -570,149 +578,179 @@ def embed_map(f):
 
 
 # -----------------------------------------------------------------------------
-# the run: features -> heads -> best on val -> test (-> corrupted test sets)
+# the run, once per seed: features -> heads -> best on val -> test (-> corrupted test sets). A seed draws the label
+# subset, the probe init and batch order, and the random encoder; the splits (--data_seed) and, for a trained
+# encoder, every encoded clip stay the same, so --seeds measures the spread of the probe, not of the data.
 
-t_train, dim = 0.0, encoder.cfg.dim
-nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
-if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
-    try:
-        pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
-        sd = strip_prefixes(pk["classifiers"][0])
-        width = sd["pooler.query_tokens"].shape[-1]
-    except Exception as e:
-        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint (a 'classifiers' list of pooler.* / linear.* "
-             f"state dicts; {type(e).__name__}: {e})")
-    if width != dim:
-        fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {width}, this encoder's width is {dim} "
-             f"({encoder_source})")
-    if "probe_args" in pk:  # ours (probe.py)
-        args, grid, zstats, val_metrics, n_used = (pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"],
-                                                   pk["val"], pk.get("n_train"))
-        if pk["config"]["task"] != cfg.task:
-            fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
-        if pk.get("encoder", encoder_source) != encoder_source:  # allowed (same width), but say so
-            print(f"note: --ckpt_probe {cfg.ckpt_probe} was trained on the features of {pk['encoder']}, "
-                  f"not of {encoder_source}")
-    else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
-        args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
-                    depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
-                    num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
-        grid, val_metrics, n_used, zstats = [], None, None, None
-        if (args["num_outputs"] > 1) != classification or (args["num_views"] > 0) != multiview:
-            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs and {args['num_views']} view slots: "
-                 f"not a --task {cfg.task} probe")
-        if len(pk["classifiers"]) > 1:
-            print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
-        if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
-            zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
-            print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
-                  f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
-    check_fit(args["num_outputs"], args.get("num_views", 0))
-    if multiview and args["num_clips"] != cfg.num_clips:  # else its slot embeddings would land on the wrong tokens
-        fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_clips']} clip slots per view, this run encodes "
-             f"{cfg.num_clips}: pass --num_clips {args['num_clips']}")
-    heads = [AttentiveProbe(**args).to(device)]
-    try:
-        load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")
-    except ValueError as e:
-        fail(str(e))
-else:
-    used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
-    n_used = len(used)
-    with open(os.path.join(cfg.out_dir, "train_subset.csv"), "w", newline="") as fh:
-        csv.writer(fh).writerows([["index", "video", "label"]] + [[i, train_ds.rows[i][3], train_ds.labels[i]]
-                                                                  for i in used])
-    tr = features("train", train_ds, used)
-    va = features("val", val_ds, range(len(val_ds)))
-    zstats = None if classification else data.zscore_stats(tr["label"].numpy())
-    y = tr["label"] if classification else torch.from_numpy(data.zscore(tr["label"].numpy(), zstats)).float()
-    args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth,
-                heads=nh, num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips)
-    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
-    torch.manual_seed(cfg.seed)
-    heads = [AttentiveProbe(**args).to(device) for _ in grid]
-    print(f"probe {cfg.task} | encoder {encoder_source} | {n_used}/{len(train_ds)} train items "
-          f"(label_frac {cfg.label_frac}) | {len(grid)} heads x {cfg.epochs} epochs | probe depth "
-          f"{cfg.probe_depth}, {nh} heads | tokens/item {tr['feats'].shape[1]} x {dim}")
-    t0 = time.time()
-    train_heads(heads, grid, tr, y.to(device))
-    t_train = time.time() - t0
-    val_out = predict(heads, va)
-    val_all = [evaluate(o, va, zstats) for o in val_out]
-    order = sorted(range(len(heads)), key=lambda h: (-val_all[h][0]["accuracy"], h) if classification
-                   else (val_all[h][0]["mae"], h))  # best first
-    heads, grid = [heads[h] for h in order], [grid[h] for h in order]
-    val_metrics = [dict(lr=grid[i][0], wd=grid[i][1], **val_all[h][0]) for i, h in enumerate(order)]
-    write_predictions("val", val_all[order[0]][1])
-    # classifiers: every head's state dict, best on val first (grid and val list the same order)
-    torch.save(dict(classifiers=[h.state_dict() for h in heads], grid=grid, val=val_metrics, zscore=zstats,
-                    probe_args=args, n_train=n_used, encoder=encoder_source, config=asdict(cfg)),
-               os.path.join(cfg.out_dir, "probe.pt"))
+seeds, base_dir, runs = cfg.seeds or [cfg.seed], cfg.out_dir, []
+for i_seed, seed in enumerate(seeds):
+    cfg.seed = seed
+    encode_seconds[0] = 0.0
+    if len(seeds) > 1:
+        cfg.out_dir = os.path.join(base_dir, f"seed{seed}")
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        print(f"\n--- seed {seed} ({i_seed + 1} of {len(seeds)}): {cfg.out_dir}")
+    if cfg.random_init and i_seed > 0:  # a new random encoder per seed; its clips are encoded anew
+        encoder, encoder_source = load_encoder()
+        encoder = encoder.to(device).eval().requires_grad_(False)
+        weights_key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in encoder.state_dict().values())).hexdigest()
+    t_train, dim = 0.0, encoder.cfg.dim
+    nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
+    if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
+        try:
+            pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
+            sd = strip_prefixes(pk["classifiers"][0])
+            width = sd["pooler.query_tokens"].shape[-1]
+        except Exception as e:
+            fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint (a 'classifiers' list of pooler.* / linear.* "
+                 f"state dicts; {type(e).__name__}: {e})")
+        if width != dim:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {width}, this encoder's width is {dim} "
+                 f"({encoder_source})")
+        if "probe_args" in pk:  # ours (probe.py)
+            args, grid, zstats, val_metrics, n_used = (pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"],
+                                                       pk["val"], pk.get("n_train"))
+            if pk["config"]["task"] != cfg.task:
+                fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
+            if pk.get("encoder", encoder_source) != encoder_source:  # allowed (same width), but say so
+                print(f"note: --ckpt_probe {cfg.ckpt_probe} was trained on the features of {pk['encoder']}, "
+                      f"not of {encoder_source}")
+        else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
+            args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
+                        depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
+                        num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
+            grid, val_metrics, n_used, zstats = [], None, None, None
+            if (args["num_outputs"] > 1) != classification or (args["num_views"] > 0) != multiview:
+                fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs and {args['num_views']} view slots: "
+                     f"not a --task {cfg.task} probe")
+            if len(pk["classifiers"]) > 1:
+                print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
+            if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
+                zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
+                print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
+                      f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
+        check_fit(args["num_outputs"], args.get("num_views", 0))
+        if multiview and args["num_clips"] != cfg.num_clips:  # else its slot embeddings would land on the wrong tokens
+            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_clips']} clip slots per view, this run encodes "
+                 f"{cfg.num_clips}: pass --num_clips {args['num_clips']}")
+        heads = [AttentiveProbe(**args).to(device)]
+        try:
+            load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")
+        except ValueError as e:
+            fail(str(e))
+    else:
+        used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
+        n_used = len(used)
+        with open(os.path.join(cfg.out_dir, "train_subset.csv"), "w", newline="") as fh:
+            csv.writer(fh).writerows([["index", "video", "label"]] + [[i, train_ds.rows[i][3], train_ds.labels[i]]
+                                                                      for i in used])
+        tr = features("train", train_ds, used)
+        va = features("val", val_ds, range(len(val_ds)))
+        zstats = None if classification else data.zscore_stats(tr["label"].numpy())
+        y = tr["label"] if classification else torch.from_numpy(data.zscore(tr["label"].numpy(), zstats)).float()
+        args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth,
+                    heads=nh, num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips)
+        grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
+        torch.manual_seed(cfg.seed)
+        heads = [AttentiveProbe(**args).to(device) for _ in grid]
+        print(f"probe {cfg.task} | encoder {encoder_source} | {n_used}/{len(train_ds)} train items "
+              f"(label_frac {cfg.label_frac}) | {len(grid)} heads x {cfg.epochs} epochs | probe depth "
+              f"{cfg.probe_depth}, {nh} heads | tokens/item {tr['feats'].shape[1]} x {dim}")
+        t0 = time.time()
+        train_heads(heads, grid, tr, y.to(device))
+        t_train = time.time() - t0
+        val_out = predict(heads, va)
+        val_all = [evaluate(o, va, zstats) for o in val_out]
+        order = sorted(range(len(heads)), key=lambda h: (-val_all[h][0]["accuracy"], h) if classification
+                       else (val_all[h][0]["mae"], h))  # best first
+        heads, grid = [heads[h] for h in order], [grid[h] for h in order]
+        val_metrics = [dict(lr=grid[i][0], wd=grid[i][1], **val_all[h][0]) for i, h in enumerate(order)]
+        write_predictions("val", val_all[order[0]][1])
+        # classifiers: every head's state dict, best on val first (grid and val list the same order)
+        torch.save(dict(classifiers=[h.state_dict() for h in heads], grid=grid, val=val_metrics, zscore=zstats,
+                        probe_args=args, n_train=n_used, encoder=encoder_source, config=asdict(cfg)),
+                   os.path.join(cfg.out_dir, "probe.pt"))
 
-best = heads[0].eval()
-results, external = {}, {}
-for name, (src, ds) in {"test": (cfg.data, test_ds), **ext}.items():  # built-in test, then --eval_data (as is)
-    f = features(name, ds, range(len(ds)))
-    m, rows = evaluate(predict([best], f)[0], f, zstats)
-    write_predictions(name, rows)
-    if classification:
-        confusion_png(os.path.join(cfg.out_dir, f"confusion_{name}.png"), m["confusion"])
-    if name == "test":
-        results["test"] = m
-    else:  # evaluated once: free the memory
-        external[name] = dict(data=src, **m)
-        del feature_cache[name]
-te = feature_cache["test"]
+    best = heads[0].eval()
+    results, external, te = {}, {}, None
+    for name, (src, ds) in {"test": (cfg.data, test_ds), **ext}.items():  # built-in test, then --eval_data (as is)
+        f = features(name, ds, range(len(ds)), keep=name == "test")  # --eval_data sets: evaluated once, not kept
+        te = f if name == "test" else te
+        m, rows = evaluate(predict([best], f)[0], f, zstats)
+        write_predictions(name, rows)
+        if classification:
+            confusion_png(os.path.join(cfg.out_dir, f"confusion_{name}.png"), m["confusion"])
+        if name == "test":
+            results["test"] = m
+        else:  # evaluated once: free the memory
+            external[name] = dict(data=src, **m)
 
-if cfg.robustness:  # same probe, test videos corrupted on the fly (one static map per video, SPEC section 8)
-    for kind in kinds:
-        for level in levels:
-            fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
-            ds = dataset("test", cfg.eval_domain, cfg.data, frame_fn=fn)
-            f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level))
-            results[f"{kind}_{level}"] = evaluate(predict([best], f)[0], f, zstats)[0]
-            del feature_cache[f"test_{kind}_{level}"]  # evaluated once: free the memory
-if cfg.attn_maps:
-    attention_maps(best, te, test_ds, cfg.attn_maps)
-embed_info = embed_map(te) if cfg.embed_map else None
+    if cfg.robustness:  # same probe, test videos corrupted on the fly (one static map per video, SPEC section 8)
+        for kind in kinds:
+            for level in levels:
+                fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
+                ds = dataset("test", cfg.eval_domain, cfg.data, frame_fn=fn)
+                f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level), keep=False)
+                results[f"{kind}_{level}"] = evaluate(predict([best], f)[0], f, zstats)[0]
+    if cfg.attn_maps:
+        attention_maps(best, te, test_ds, cfg.attn_maps)
+    embed_info = embed_map(te) if cfg.embed_map else None
+
+    # -----------------------------------------------------------------------------
+    # report: metrics.json and one summary table
+
+    key = "accuracy" if classification else "mae"
+    clean = results["test"][key]
+    for name, m in results.items():  # relative degradation: MAE increase / accuracy drop, % of clean
+        if name != "test":
+            m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
+    avg_deg = float(np.mean([m["degradation_pct"] for n, m in results.items() if n != "test"])) if cfg.robustness else None
+    summary = dict(task=cfg.task, encoder=encoder_source, label_frac=cfg.label_frac, n_train=n_used,
+                   best=dict(lr=grid[0][0], wd=grid[0][1]) if grid else None, val=val_metrics, test=results.pop("test"),
+                   external=external or None, robustness=results or None, avg_degradation_pct=avg_deg,
+                   embed_map=embed_info, train_domain=cfg.train_domain,
+                   eval_domain=cfg.eval_domain, seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)),
+                   config=asdict(cfg))
+    with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
+
+    cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
+    unit = "" if classification else (" (EF points)" if cfg.task == "lvef" else " (mmHg)")
+    print(f"\n{cfg.task} probe{unit} | {encoder_source} | " + (f"{n_used} train items | " if n_used else "")
+          + (f"best head lr {grid[0][0]:g} wd {grid[0][1]:g}" if grid else f"official probe {cfg.ckpt_probe}")
+          + f" | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
+    table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0])] if val_metrics else []
+    table += [(f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
+    table += [(f"  {n.split('_')[0].upper()} {n.split('_')[1]}", m) for n, m in results.items()]
+    table += list(external.items())  # --eval_data sets: their paths are in metrics.json
+    w = max(26, *(len(n) + 2 for n, _ in table))
+    print(f"{'set':<{w}}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
+    for name, m in table:
+        print(f"{name:<{w}}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
+              + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
+    if cfg.robustness:
+        print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")
+    if n_used and n_used < 50:  # measured: 12 labels, one encoder, seeds 0-2 gave test accuracy 0.24 / 0.37 / 0.34
+        print(f"note: {n_used} labelled train items: results move by several points with --seed alone (README, "
+              "'Measured'); compare encoders over a few seeds")
+    if not classification and summary["test"]["r2"] <= 0:  # a constant predictor is perfectly 'robust': say so
+        print("note: test R2 <= 0, the probe predicts about the train mean; more labels (--label_frac) or epochs "
+              "are needed before these numbers say anything about the encoder")
+    runs.append(summary)
 
 # -----------------------------------------------------------------------------
-# report: metrics.json and one summary table
+# over seeds: mean +- sd (sample sd) and every seed's value, in metrics_seeds.json
 
-key = "accuracy" if classification else "mae"
-clean = results["test"][key]
-for name, m in results.items():  # relative degradation: MAE increase / accuracy drop, % of clean
-    if name != "test":
-        m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
-avg_deg = float(np.mean([m["degradation_pct"] for n, m in results.items() if n != "test"])) if cfg.robustness else None
-summary = dict(task=cfg.task, encoder=encoder_source, label_frac=cfg.label_frac, n_train=n_used,
-               best=dict(lr=grid[0][0], wd=grid[0][1]) if grid else None, val=val_metrics, test=results.pop("test"),
-               external=external or None, robustness=results or None, avg_degradation_pct=avg_deg,
-               embed_map=embed_info, train_domain=cfg.train_domain,
-               eval_domain=cfg.eval_domain, seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)),
-               config=asdict(cfg))
-with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
-    json.dump(summary, fh, indent=1)
-
-cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
-unit = "" if classification else (" (EF points)" if cfg.task == "lvef" else " (mmHg)")
-print(f"\n{cfg.task} probe{unit} | {encoder_source} | " + (f"{n_used} train items | " if n_used else "")
-      + (f"best head lr {grid[0][0]:g} wd {grid[0][1]:g}" if grid else f"official probe {cfg.ckpt_probe}")
-      + f" | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
-table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0])] if val_metrics else []
-table += [(f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
-table += [(f"  {n.split('_')[0].upper()} {n.split('_')[1]}", m) for n, m in results.items()]
-table += list(external.items())  # --eval_data sets: their paths are in metrics.json
-w = max(26, *(len(n) + 2 for n, _ in table))
-print(f"{'set':<{w}}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
-for name, m in table:
-    print(f"{name:<{w}}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
-          + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
-if cfg.robustness:
-    print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")
-if n_used and n_used < 50:  # measured: 12 labels, one encoder, seeds 0-2 gave test accuracy 0.24 / 0.37 / 0.34
-    print(f"note: {n_used} labelled train items: results move by several points with --seed alone (README, "
-          "'Measured'); compare encoders over a few seeds")
-if not classification and summary["test"]["r2"] <= 0:  # a constant predictor is perfectly 'robust': say so
-    print("note: test R2 <= 0, the probe predicts about the train mean; more labels (--label_frac) or epochs "
-          "are needed before these numbers say anything about the encoder")
+if len(seeds) > 1:
+    agg = {c: [r["test"][c] for r in runs] for c in cols}
+    if cfg.robustness:
+        agg["avg_degradation_pct"] = [r["avg_degradation_pct"] for r in runs]
+    agg = {c: dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)), values=v) for c, v in agg.items()}
+    with open(os.path.join(base_dir, "metrics_seeds.json"), "w") as fh:
+        json.dump(dict(task=cfg.task, encoder=runs[0]["encoder"], seeds=seeds, test=agg,
+                       runs=[os.path.join(base_dir, f"seed{s}") for s in seeds]), fh, indent=1)
+    print(f"\n{cfg.task} probe over {len(seeds)} seeds | " + ("random init, a new encoder per seed" if cfg.random_init
+                                                            else runs[0]["encoder"]) + f" | {base_dir}/metrics_seeds.json")
+    for c, m in agg.items():
+        print(f"test {c:<20} {m['mean']:.4f} +- {m['sd']:.4f}   (" +
+              ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(seeds, m["values"])) + ")")

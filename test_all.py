@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 import ast
 import contextlib
+import csv
 import json
 import math
 import subprocess
@@ -320,7 +321,7 @@ def test_mask_fractions_16x224():
 
 def pretrain_namespace(**cfg_kw):
     c = dict(warmup=10, steps=100, cooldown=20, lr=1e-3, start_lr=1e-4, final_lr=1e-5, ema=(0.99, 1.0),
-             fused_ema=True, objective="jepa")
+             fused_ema=True, objective="jepa", reg_coeff=0.0)
     c.update(cfg_kw)
     return script_functions("pretrain.py", ["get_lr", "get_ema", "jepa_loss", "mae_loss", "train_step", "step_flops"],
                             cfg=types.SimpleNamespace(**c), torch=torch, F=F, ema_update=model.ema_update)
@@ -444,7 +445,8 @@ def test_flop_formula_matches_flop_counter():
 
 
 
-TINY_RUN = ["--crop", "64", "--frames", "4", "--batch_size", "2", "--num_workers", "0", "--log_interval", "1"]
+TINY_RUN = ["--crop", "64", "--frames", "4", "--batch_size", "2", "--num_workers", "0", "--log_interval", "1",
+            "--eval_interval", "0"]  # the read-out has its own test
 
 
 def run_script(path, args):
@@ -1298,6 +1300,130 @@ def test_probe_frame_hook():
     assert ids == [f"{item['video']}/{v}" for v in range(3) if item["present"][v]]  # missing view never loaded
     zero = data.normalize(torch.zeros(2, 32, 32))
     assert all(torch.allclose(item["clips"][v, 0], zero) for v in range(3) if item["present"][v])
+
+
+# -----------------------------------------------------------------------------
+# learning signal: the online read-out, seed repetition, recipe levers (issue 15)
+
+
+def test_readout_ridge_loo_and_rankme():
+    """The read-out's ridge picks the lambda whose leave-one-out error, by brute-force refits, is smallest (its
+    hat-matrix shortcut is exact), and recovers a linear map; RankMe is ~1 for a collapsed embedding and large for
+    an isotropic one."""
+    ns = script_functions("pretrain.py", ["ridge", "rankme"], torch=torch, np=np)
+    g = torch.Generator().manual_seed(0)
+    f64 = dict(generator=g, dtype=torch.float64)
+    x, w = torch.randn(30, 20, **f64), torch.randn(20, 2, **f64)
+    y = x[:, :3] @ w[:3] + 0.5 * torch.randn(30, 2, **f64)  # 3 of 20 features matter: lambda matters
+    xs = (x - x.mean(0)) / (x.std(0) + 1e-8)  # ridge standardises with the train statistics, then fits
+    lams = [0.1, 1.0, 10.0, 100.0, 1000.0]
+    def brute_loo(lam):  # refit intercept + ridge without sample i, predict sample i
+        err = 0.0
+        for i in range(len(x)):
+            keep = torch.arange(len(x)) != i
+            a, ym = xs[keep] - xs[keep].mean(0), y[keep].mean(0)
+            coef = torch.linalg.solve(a.T @ a + lam * torch.eye(20, dtype=torch.float64), a.T @ (y[keep] - ym))
+            err += (((xs[i] - xs[keep].mean(0)) @ coef + ym - y[i]) ** 2).sum().item()
+        return err
+    errs = [brute_loo(lam) for lam in lams]
+    best = lams[int(np.argmin(errs))]
+    assert 1.0 <= best <= 100.0 and max(errs) > 1.1 * min(errs), errs  # an interior, clear minimum
+    xt = torch.randn(10, 20, **f64)
+    assert torch.allclose(ns["ridge"](x, y, xt, lams=lams), ns["ridge"](x, y, xt, lams=[best]))
+    assert not torch.allclose(ns["ridge"](x, y, xt, lams=[lams[0]]), ns["ridge"](x, y, xt, lams=[best]))
+    p = ns["ridge"](x, y, x)
+    assert ((p - y) ** 2).mean() < 0.5 * ((y - y.mean(0)) ** 2).mean()  # explains most of the variance
+    line = torch.randn(50, 1, **f64) @ torch.randn(1, 16, **f64)
+    assert ns["rankme"](line) < 1.1 and ns["rankme"](torch.randn(500, 16, **f64)) > 14
+
+
+def test_pretrain_readout_curve_and_checkpoints():
+    """The online read-out logs at step 0 (the random init), every --eval_interval and the end into readout.csv;
+    --readout_only reproduces step 0 from 'random' and the last row from the saved checkpoint."""
+    with tempfile.TemporaryDirectory() as d:
+        ro = ["--eval_interval", "2", "--readout_n", "1"]
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, *ro, "--steps", "3", "--out_dir", d])
+        assert rc == 0, err[-2000:]
+        rows = list(csv.DictReader(open(os.path.join(d, "readout.csv"))))
+        assert [int(r["step"]) for r in rows] == [0, 2, 3] and all(r["encoder"] == "target" for r in rows)
+        assert "readout step      0 | view acc" in open(os.path.join(d, "log.txt")).read()
+        for r in rows:
+            assert 0 <= float(r["view_acc_mean"]) <= 1 and 0 <= float(r["view_acc_grid"]) <= 1
+            assert float(r["ef_mae_meanpred"]) > 0 and 1 <= float(r["rankme"]) <= 192
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, *ro, "--out_dir", os.path.join(d, "again"),
+                                                  "--readout_only", "random", os.path.join(d, "ckpt.pt")])
+        assert rc == 0, err[-2000:]
+        again = list(csv.DictReader(open(os.path.join(d, "again", "readout.csv"))))
+        assert again[0]["encoder"] == "random init (seed 0)" and again[1]["step"] == "3"
+        for a, b in ((again[0], rows[0]), (again[1], rows[2])):
+            for k in a:
+                if k not in ("encoder", "seconds"):
+                    assert abs(float(a[k]) - float(b[k])) < 1e-4, (k, a[k], b[k])
+        assert any(float(rows[0][k]) != float(rows[2][k]) for k in ("ef_mae_grid", "rankme"))  # it moved
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, "--readout_only", os.path.join(d, "log.txt")])
+        assert rc != 0 and "not a pretrain.py checkpoint" in err.strip().splitlines()[-1]
+
+
+def test_jepa_variance_hinge():
+    """--reg_coeff adds V-JEPA 1's hinge mean(relu(1 - sqrt(var over tokens + 1e-4))) on the predictions,
+    averaged over the mask pairs; 0 leaves the official loss."""
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    enc, pred = Encoder(cfg), build_predictor(cfg)
+    grid = (2, 4, 4)
+    clips = torch.randn(2, 3, 4, 64, 64)
+    pairs = masks.sample_masks(grid, [0, 1], 0)
+    losses = {}
+    for coeff in (0.0, 0.5):
+        ns = script_functions("pretrain.py", ["jepa_loss"], torch=torch, F=F, target_encoder=enc, encoder=enc,
+                              predictor=pred, grid=grid, cfg=types.SimpleNamespace(reg_coeff=coeff))
+        losses[coeff] = ns["jepa_loss"](clips, pairs)[0].item()
+    with torch.no_grad():
+        z = [pred(enc(clips, c), c, t, grid) for c, t in pairs]
+    hinge = F.relu(1 - sum(torch.sqrt(zi.var(dim=1) + 1e-4) for zi in z) / len(z)).mean().item()
+    assert hinge > 0.5 and abs(losses[0.5] - losses[0.0] - 0.5 * hinge) < 1e-5, (losses, hinge)
+
+
+def test_mask_policies_and_pairs():
+    """--masks small keeps the short-range generator and shrinks the long-range blocks; --mask_pairs k draws k
+    independent pairs per generator, the first being the reference draw, all disjoint and within budget."""
+    grid, keys = (8, 7, 7), list(range(4))
+    ref = masks.sample_masks(grid, keys, 5, seed=3)
+    two = masks.sample_masks(grid, keys, 5, 3, masks.MASK_POLICIES["official"], pairs_per_gen=2)
+    assert len(two) == 4 and all(torch.equal(a, b) for p, q in zip(ref, two[::2]) for a, b in zip(p, q))
+    assert not torch.equal(two[0][0], two[1][0]) and not torch.equal(two[2][1], two[3][1])
+    small = masks.MASK_POLICIES["small"]
+    b = masks.budgets(grid, small)
+    assert b[0] == masks.budgets(grid)[0] and b[1][0] > 4 * masks.budgets(grid)[1][0]  # 98 vs 20 context tokens
+    for ctx, tgt in masks.sample_masks(grid, keys, 5, 3, small, 2) + two:
+        for c, t in zip(ctx.tolist(), tgt.tolist()):
+            assert not set(c) & set(t) and max(c + t) < 392 and c == sorted(c)
+
+
+def test_probe_seeds_reuse_encoded_clips():
+    """--seeds repeats the run (label draw, probe init, random encoder) and reports mean +- sd with each seed's
+    value; a trained encoder's val/test clips are encoded once for all seeds, a random one's anew per seed."""
+    with tempfile.TemporaryDirectory() as d:
+        ck = os.path.join(d, "ckpt.pt")
+        torch.manual_seed(0)
+        torch.save(dict(target_encoder=Encoder(CONFIGS["vitq"]).state_dict(), config=dict(model="vitq")), ck)
+        for name, extra in (("trained", ["--no-random_init", "--ckpt", ck]), ("random", [])):
+            cache = os.path.join(d, f"cache_{name}")
+            code, err = run_probe(["--task", "view", "--label_frac", "0.5", "--n_train", "24", "--seeds", "0", "1", *extra,
+                                   "--cache_dir", cache, "--out_dir", os.path.join(d, name)])
+            assert code == 0, err[-2000:]
+            m = json.load(open(os.path.join(d, name, "metrics_seeds.json")))
+            acc = [json.load(open(os.path.join(d, name, f"seed{s}", "metrics.json")))["test"]["accuracy"] for s in (0, 1)]
+            assert m["seeds"] == [0, 1] and m["test"]["accuracy"]["values"] == acc
+            assert abs(m["test"]["accuracy"]["mean"] - np.mean(acc)) < 1e-9
+            assert abs(m["test"]["accuracy"]["sd"] - np.std(acc, ddof=1)) < 1e-9
+            subsets = [open(os.path.join(d, name, f"seed{s}", "train_subset.csv")).read() for s in (0, 1)]
+            assert subsets[0] != subsets[1]  # each seed draws its own labelled videos
+            # trained: 2 train subsets + val + test; random: everything twice (a new encoder per seed)
+            assert len(os.listdir(cache)) == (4 if name == "trained" else 6), os.listdir(cache)
+        code, err = run_probe(["--seeds", "0", "1", "--ckpt_probe", os.path.join(d, "random", "seed0", "probe.pt"),
+                               "--out_dir", os.path.join(d, "x")])
+        assert code != 0 and "--ckpt_probe evaluates a trained probe" in err.strip().splitlines()[-1]
 
 
 # -----------------------------------------------------------------------------
