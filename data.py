@@ -4,11 +4,14 @@ Data for nano-EchoJEPA: a synthetic echocardiography generator (the default data
     python data.py --out data_synth --n 200       # write EchoNet-Dynamic + V-JEPA CSV layout (+ pediatric/)
     python data.py --preview --out .              # preview.mp4 and preview.png of views x EF values
 
-Synthetic echo (SPEC §6): PSF-filtered complex speckle on a polar grid, AR(1) in time, scan-converted into a fan,
-times the backscatter of per-view ellipse anatomy whose LV follows the cardiac cycle (exact EF), log-compressed.
+Synthetic echo (SPEC §6), anatomy -> acoustics -> video: per-view chambers (black blood in grey myocardium, irregular
+outlines, angle-dependent bright interfaces, valves opening and closing) in dark streaky tissue, the LV following the
+cardiac cycle with an exact EF; times PSF-filtered complex speckle on a polar grid (AR(1) in time), scan-converted
+into a fan, with TGC, near-field haze and log compression, calibrated on real A4C image statistics (CALIBRATION).
 Real data (SPEC §5): V-JEPA and multi-view CSVs, EchoNet-Dynamic and EchoNet-Pediatric folders.
 """
 import argparse
+import contextlib
 import csv
 import functools
 import math
@@ -33,56 +36,76 @@ class BadVideo(ValueError):
     """A video that cannot be decoded (truncated, no frames, not a video). Datasets skip it, with a log line."""
 
 # -----------------------------------------------------------------------------
-# synthetic echocardiography
+# synthetic echocardiography: anatomy -> acoustics -> video
 
-# Anatomy per view: (kind, x, y, a, b, psi) in units of imaging depth, apex of the fan at (0, 0), y pointing down.
-# a = half-length along the long axis, b = half-width, psi = long-axis angle from vertical (towards +x).
-# Structures are painted in order (wall, then cavity), the LV last, so its cavity is never painted over and the
-# walls of later chambers form the septa. Nominal adult sizes; each clip jitters and scales them.
+# Anatomy per view: (kind, x, y, a, b, psi) in units of a 15 cm imaging depth, apex of the fan at (0, 0), y pointing
+# down; a = half-length along the long axis, b = half-width, psi = long-axis angle from vertical (towards +x); the
+# LV's a and b come from the patient. Each is a blood cavity in a myocardial shell, painted in order, the LV last
+# (its shell forms the septa). A ventricle is open at its base (u = along / a > BASE, u = -1 at the apex): its atrium
+# reaches in there and shows through the valve. The aorta's u = -1 end meets the LV. Clips jitter and move them.
 LAYOUTS = {
-    "A4C": [("ra", -0.16, 0.84, 0.11, 0.10, -0.2), ("la", 0.12, 0.86, 0.11, 0.12, 0.15),
-            ("rv", -0.18, 0.44, 0.25, 0.08, -0.18), ("lv", 0.085, 0.45, 0.30, 0.13, 0.12)],
-    "A2C": [("la", 0.05, 0.86, 0.11, 0.13, 0.05), ("lv", 0.03, 0.45, 0.30, 0.13, 0.05)],
-    "A3C": [("la", -0.04, 0.87, 0.10, 0.11, -0.1), ("ao", 0.17, 0.75, 0.14, 0.055, -0.9),
-            ("lv", 0.02, 0.45, 0.30, 0.13, 0.02)],
-    "A5C": [("ra", -0.17, 0.84, 0.11, 0.10, -0.2), ("la", 0.13, 0.88, 0.10, 0.11, 0.15),
-            ("rv", -0.18, 0.44, 0.25, 0.08, -0.18), ("ao", 0.01, 0.78, 0.12, 0.05, -0.35),
-            ("lv", 0.085, 0.45, 0.30, 0.13, 0.12)],
-    "PLAX": [("rv", 0.0, 0.25, 0.2, 0.07, 1.65), ("ao", 0.25, 0.45, 0.17, 0.06, 1.35),
-             ("la", 0.26, 0.72, 0.11, 0.10, 1.4), ("lv", -0.06, 0.55, 0.30, 0.13, 1.62)],
-    "PSAX": [("rv", -0.11, 0.41, 0.19, 0.07, 2.25), ("lvsax", 0.02, 0.55, 0.13, 0.13, 0.67)],
+    "A4C": [("ra", -0.235, 0.71, 0.14, 0.095, -0.25), ("la", 0.082, 0.746, 0.14, 0.10, 0.15),
+            ("rv", -0.185, 0.49, 0.24, 0.10, -0.2), ("lv", 0.055, 0.47, 0.30, 0.13, 0.08)],
+    "A2C": [("la", 0.045, 0.765, 0.16, 0.13, 0.05), ("lv", 0.03, 0.47, 0.30, 0.13, 0.05)],
+    "A3C": [("la", -0.01, 0.77, 0.15, 0.12, -0.15), ("ao", 0.19, 0.76, 0.14, 0.06, 0.8),
+            ("lv", 0.02, 0.47, 0.30, 0.13, 0.02)],
+    "A5C": [("ra", -0.24, 0.73, 0.16, 0.11, -0.25), ("la", 0.12, 0.78, 0.15, 0.12, 0.3),
+            ("rv", -0.185, 0.49, 0.24, 0.10, -0.2), ("ao", -0.015, 0.80, 0.15, 0.06, -0.3),
+            ("lv", 0.055, 0.47, 0.30, 0.13, 0.08)],
+    "PLAX": [("rv", 0.0, 0.24, 0.22, 0.07, 1.65), ("la", 0.28, 0.68, 0.13, 0.12, 1.3),
+             ("ao", 0.30, 0.42, 0.17, 0.07, 1.45), ("lv", -0.08, 0.52, 0.30, 0.13, 1.62)],
+    "PSAX": [("rv", -0.13, 0.40, 0.21, 0.08, 2.25), ("lvsax", 0.02, 0.56, 0.13, 0.13, 0.67)],
 }
-DB = dict(blood=-52.0, tissue=-35.0, wall=-12.0, pericardium=-5.0)  # backscatter, dB below the display reference
+BASE = dict(lv=0.72, rv=0.68)  # ventricular base planes (mitral / tricuspid annulus), in u = along / a
+WALL = dict(rv=0.025, ra=0.016, la=0.016, ao=0.02)  # wall thickness in depth units (the LV's follows the cycle)
+# backscatter, dB below the display's white at zero gain (50 dB range): blood and the darkest tissue at the display
+# floor, myocardium mid-grey, the specular annulus and the outer interfaces (OUTER: pericardium...) near white
+DB = dict(blood=-47.0, tissue=-58.0, myocardium=-34.0, leaflet=-28.0, specular=-10.0, haze=-38.0)
+OUTER = dict(lv=-10.0, lvsax=-10.0, rv=-19.0, la=-14.0, ra=-14.0, ao=-17.0)
+TGC = (-5.0, -2.0, 2.0, 3.0, 3.0)  # time-gain compensation in dB at depths 0, 1/4, 1/2, 3/4, 1 (jittered per clip)
+LOOKS, CONTRAST = 2, 1.2  # speckle looks compounded in the display; gain of the log-speckle in the display
+# CALIBRATION: the settings above are fitted to 16 image statistics of 9 real EchoNet-Dynamic A4C clips
+# (../shared/realism/echo_stats.py). `python data.py --out D --n 12`, A4C medians [real median]: grey levels
+# q10/25/50/75/90 2/7/32/98/140 [2/8/31/76/132], dark (< 30) 0.49 [0.48], bright (> 150) 0.074 [0.063], variance
+# share of 8x8 blocks 0.63 [0.62], speckle correlation at 2 px across/down 0.42/0.46 [0.40/0.46], frame to frame
+# 0.983 [0.981], depth bands 1.04/0.97/0.80/1.25 [1.10/0.94/0.90/1.17], sector 0.60 [0.62]: 16/16 inside the real
+# range (also with --n 24). The other views and pediatric A4C are measured in the README.
 
 
-@functools.lru_cache(maxsize=1)
-def speckle_bank(n=32, size=256):
-    """PSF-filtered complex Gaussian fields shared by all clips; a frame's fresh speckle is a random crop. Filtering
-    per frame would cost more than the rest of the generator; crops keep the Rayleigh statistics exactly."""
+@functools.lru_cache(maxsize=4)
+def speckle_bank(n=16, size=256, psf=(1.0, 0.7)):
+    """Complex Gaussian fields on the polar grid (depth x scan line) through an anisotropic Gaussian PSF (sigma in
+    samples, lines), E|z|^2 = 1, shared by all clips: a frame's fresh speckle is a random crop (filtering per frame
+    would cost more than the rest; crops keep Rayleigh statistics exactly). With a wide PSF: smooth textures."""
     rng = np.random.default_rng(1234)
     z = rng.standard_normal((n, size, size), np.float32) + 1j * rng.standard_normal((n, size, size), np.float32)
     k = np.fft.fftfreq(size)
-    psf = np.exp(-2 * np.pi**2 * (0.8**2 * k[:, None] ** 2 + 2.0**2 * k[None, :] ** 2))  # sigma 0.8 axial, 2 lateral
-    z = np.fft.ifft2(np.fft.fft2(z) * psf)
-    return (z / np.sqrt(np.mean(np.abs(z) ** 2))).astype(np.complex64)  # E|z|^2 = 1
+    z = np.fft.ifft2(np.fft.fft2(z) * np.exp(-2 * np.pi**2 * (psf[0] ** 2 * k[:, None] ** 2 + psf[1] ** 2 * k**2)))
+    return (z / np.sqrt(np.mean(np.abs(z) ** 2))).astype(np.complex64)
 
 
 @functools.lru_cache(maxsize=256)
 def fan_geometry(size, half_angle_deg, depth_pct):
     """Scan-conversion map for one fan (computed once per geometry): in-sector pixels, their 4 polar neighbours
-    and bilinear weights, and their position in depth units for the anatomy."""
+    and bilinear weights, and their position in depth units for the anatomy (r_max = depth_pct % of the frame)."""
     theta_max, r_max = math.radians(half_angle_deg), size * depth_pct / 100
     i, j = np.mgrid[0:size, 0:size]
     x, y = (j - (size - 1) / 2) / r_max, (i + 0.5) / r_max  # apex just above the top-centre pixel
     r, theta = np.hypot(x, y), np.arctan2(x, y)
     inside = np.flatnonzero((r <= 1) & (np.abs(theta) <= theta_max))
-    x, y, r, theta = (v.ravel()[inside] for v in (x, y, r, theta))  # (P,) for the P in-sector pixels
-    ri, ti = r * (NR - 1), (theta / theta_max + 1) / 2 * (NT - 1)  # fractional polar grid coordinates
+    x, y, r = (v.ravel()[inside].astype(np.float32) for v in (x, y, r))  # (P,) for the P in-sector pixels
+    ri, ti = r * (NR - 1), (theta.ravel()[inside] / theta_max + 1) / 2 * (NT - 1)  # fractional polar coordinates
     r0, t0 = np.minimum(ri.astype(int), NR - 2), np.minimum(ti.astype(int), NT - 2)
     fr, ft = (ri - r0).astype(np.float32), (ti - t0).astype(np.float32)
     idx = r0 * NT + t0 + np.array([0, 1, NT, NT + 1])[:, None]  # (4, P) flat polar indices of the neighbours
     w = np.stack([(1 - fr) * (1 - ft), (1 - fr) * ft, fr * (1 - ft), fr * ft])  # (4, P) bilinear weights
-    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x, y=y, r=r)
+    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x, y=y, r=r, px=1 / r_max)  # px: a pixel, depth units
+
+
+def scan_convert(polar, geo):
+    """(..., NR * NT) values on the polar grid -> (..., P) at the in-sector pixels, bilinear."""
+    corners = np.take(polar, geo["idx"].ravel(), axis=-1).reshape(polar.shape[:-1] + geo["idx"].shape)  # (..., 4, P)
+    return sum(corners[..., k, :] * w for k, w in enumerate(geo["w"]))
 
 
 def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
@@ -99,9 +122,150 @@ def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
     edv, esv = 4 / 3 * math.pi * a_ed * b_ed**2, 4 / 3 * math.pi * a_es * b_es**2  # mL (cm^3)
     hr = rng.uniform(80, 140) if ped else rng.uniform(50, 110)
     missing = RVSP_VIEWS[rng.integers(len(RVSP_VIEWS))] if rng.random() < 0.15 else None
-    return dict(EF=ef, EDV=edv, ESV=esv, rvsp=rvsp, hr=hr, systole=rng.uniform(0.35, 0.40), size=size,
-                lv=(a_ed, b_ed, a_es, b_es), myo=rng.uniform(0.9, 1.1), missing=missing,
-                study=f"{'P' if ped else 'S'}{index:06d}", domain=domain)
+    # the LV outline's irregularity, a polynomial in u per side (widen): the same at every phase, so the drawn ED
+    # and ES cavities are similar shapes and keep ESV/EDV = 1 - EF (areas scale with a b, lengths with a)
+    shape = rng.normal(0, [0.04, 0.05, 0.06, 0.05, 0.05], (2, 5)).astype(np.float32)
+    return dict(EF=ef, EDV=edv, ESV=esv, rvsp=rvsp, hr=hr, systole=rng.uniform(0.35, 0.40), size=float(size),
+                lv=tuple(map(float, (a_ed, b_ed, a_es, b_es))), myo=rng.uniform(0.9, 1.1), missing=missing,
+                lv_shape=shape, study=f"{'P' if ped else 'S'}{index:06d}", domain=domain)
+
+
+def cardiac_cycle(phase, systole):
+    """Contraction s in [0, 1] (0 = end-diastole, 1 = end-systole) and valve openings in [0, 1] over the cardiac
+    phase in [0, 1): cosine systole, cosine rapid filling over the next quarter cycle, then diastasis at s = 0
+    (NOTES-data §1.4). Mitral and tricuspid valves open after isovolumic relaxation, half-close in diastasis, reopen
+    for the atrial kick and are shut by end-diastole (phase 0.95); the aortic valve opens during ejection."""
+    ramp = lambda v: np.clip(v, 0, 1)
+    s = np.where(phase < systole, 0.5 * (1 - np.cos(np.pi * phase / systole)),
+                 0.5 * (1 + np.cos(np.pi * ramp((phase - systole) / 0.25))))
+    diastasis = ramp((phase - systole - 0.3) / 0.1) * ramp((0.85 - phase) / 0.05)
+    inflow = ramp((phase - systole - 0.03) / 0.06) * ramp((0.95 - phase) / 0.04) * (1 - 0.5 * diastasis)
+    outflow = ramp((phase - 0.02) / 0.04) * ramp((systole - 0.01 - phase) / 0.04)
+    return s, inflow, outflow
+
+
+def widen(coef, u):
+    """An outline's relative widening at u = along / a: sum_k coef[k] u^k; shape (2, K) holds one polynomial per
+    side (across < 0, across > 0), passed transposed."""
+    w = coef[-1]
+    for c in coef[-2::-1]:
+        w = w * u + c
+    return w
+
+
+def texture(rng, geo, psf):
+    """A smooth random field, static over a clip, (P,): a random crop of a wide-PSF bank, standardised over the fan
+    (so that every clip has as much bright and dark tissue)."""
+    bank = speckle_bank(8, 256, psf)
+    k, i, j = rng.integers(len(bank)), rng.integers(0, 256 - NR), rng.integers(0, 256 - NT)
+    field = scan_convert(bank[k, i:i + NR, j:j + NT].real.ravel(), geo)
+    return (field - field.mean()) / field.std()
+
+
+def paint_leaflet(db, x, y, hx, hy, dx, dy, length, width, level):
+    """Max a thin bright ellipse into db (T, N) at pixels (x, y): from the hinge (hx, hy) along the unit direction
+    (dx, dy), all (T, 1)."""
+    ex, ey = x - (hx + dx * length / 2), y - (hy + dy * length / 2)
+    q = ((ex * dx + ey * dy) / (length / 2)) ** 2 + ((ex * dy - ey * dx) / width) ** 2
+    np.maximum(db, level - 12 * q, out=db)
+
+
+def anatomy(view, pat, geo, rng, s, inflow, outflow, pose):
+    """Backscatter in dB (T, P) of one view at contraction s and valve openings inflow/outflow, all (T, 1), and the
+    drawn LV (for its tracings). pose: depth (cm), scale, tilt, shift (probe position), shorten (foreshortening)."""
+    x, y, r, px = geo["x"], geo["y"], geo["r"], geo["px"]
+    s, frame_of = np.unique(s, return_inverse=True)  # chambers are drawn once per distinct contraction (diastasis)
+    s, frame_of = s[:, None].astype(np.float32), frame_of.ravel()  # (S, 1)
+    # tissue: dark (the darkest at the display floor) in large patches, with bright streaks along the arcs
+    streaks, patches = texture(rng, geo, (1.5, 8.0)), texture(rng, geo, (24.0, 24.0))
+    db = np.empty((len(s), len(x)), np.float32)
+    db[:] = np.maximum(DB["blood"] - 3, DB["tissue"] + 16 * patches + 10 * np.clip(streaks - 1.0, 0, 1.2))
+    rv_load = min(max((pat["rvsp"] - 15) / 45, 0), 1.7)  # pressure load: RV/RA dilate, septum flattens
+    a_ed, b_ed, a_es, b_es = (v / pose["depth"] for v in pat["lv"])
+    a_ed, a_es = a_ed * pose["shorten"], a_es * pose["shorten"]  # foreshortening scales both: EF unchanged
+    la, lb = a_ed + (a_es - a_ed) * s, b_ed + (b_es - b_ed) * s  # (S, 1) LV half-axes, depth units
+    myo = math.pi * ((a_ed + 0.065 * pose["scale"]) * (b_ed + 0.065 * pose["scale"]) - a_ed * b_ed) * pat["myo"]
+    h = (-(la + lb) + np.sqrt((la + lb) ** 2 + 4 * myo / math.pi)) / 2  # wall thickens: myocardial area constant
+    # the LV apex stays and its annulus moves by `move` along the long axis (< 0 in systole); the RV's annulus moves
+    # with it, and each atrium keeps its far end while its near end follows the annulus
+    move = (1 + BASE["lv"]) * (la - a_ed)  # (S, 1)
+    c, sn, scale, drawn = math.cos(pose["tilt"]), math.sin(pose["tilt"]), pose["scale"], {}
+    for kind, cx, cy, a, b, psi in LAYOUTS[view]:
+        cx, cy = scale * (c * cx + sn * cy) + pose["shift"][0], scale * (c * cy - sn * cx) + pose["shift"][1]
+        ux, uy = math.sin(psi + pose["tilt"]), math.cos(psi + pose["tilt"])  # long-axis direction
+        if kind == "lv":
+            a0, b0, a, b, wall, slide, shape = a_ed, b_ed, la, lb, h, la - a_ed, pat["lv_shape"].copy()
+        elif kind == "lvsax":  # a short-axis ring, D-shaped under RV pressure
+            a0, b0, a, b, wall, slide = b_ed * (1 - 0.25 * rv_load), b_ed, lb * (1 - 0.25 * rv_load), lb, h, 0
+            shape = rng.normal(0, 0.03, (2, 5)).astype(np.float32)
+        else:
+            j, load = rng.uniform(0.9, 1.1, 2).tolist(), rv_load if kind in ("rv", "ra") else 0
+            a0, b0 = a * j[0] * scale * (1 + 0.2 * load), b * j[1] * scale * (1 + 0.3 * load)
+            a, b, wall, slide = a0, b0, WALL[kind] * scale, 0
+            shape = rng.normal(0, 0.06, (2, 5)).astype(np.float32)
+            if kind == "rv":  # apex fixed, base moving with the LV's; the free wall moves in, thicker under pressure
+                slide = move / (1 + BASE["rv"])
+                a, b, wall = a0 + slide, b0 * (1 - 0.15 * s), wall * (1 + 0.8 * load)
+            elif kind in ("la", "ra"):  # far end fixed, near end following the annulus
+                slide = move / 2
+                a = a0 - slide
+        if kind in ("lv", "lvsax") and "rv" in drawn:  # the septum: flattened by RV pressure, brighter (below)
+            septal = int((drawn["rv"][0] - cx) * uy - (drawn["rv"][1] - cy) * ux > 0)  # the RV's side
+            shape[septal, 0] -= 0.1 * rv_load
+        base = BASE.get(kind) if kind == "lv" or view in ("A4C", "A5C") else None
+        drawn[kind] = (cx, cy, ux, uy, a, b, slide, shape, base)
+        # only the pixels near the structure are computed: sub (S, N) of db
+        along, across = (x - cx) * ux + (y - cy) * uy, (x - cx) * uy - (y - cy) * ux  # (P,)
+        margin = np.max(wall) + 8 * px
+        near = np.flatnonzero((np.abs(along) < np.max(np.abs(slide)) + np.max(a) + margin)
+                              & (np.abs(across) < 1.3 * np.max(b) + margin))
+        along, across, stk, xs, ys, rs = (v[near] for v in (along, across, streaks, x, y, r))
+        sub = db[:, near]
+        level = DB["myocardium"] - (5 if kind in ("la", "ra") else 0) + patches[near] + stk  # varies along walls
+        if kind in ("lv", "lvsax") and "rv" in drawn:
+            level = level + 10 * ((across > 0) == septal)
+        # signed distance to the cavity outline (< 0 inside), to first order (rho - 1) / |grad rho| with rho the
+        # outline-normalised radius: exact along both axes
+        u = (along - slide) / a  # (S, N)
+        bw = b * (1 + widen(shape[(across > 0).astype(int)].T[:, None], u))  # the outline's half-width at u
+        v = across / bw
+        rho = np.sqrt(u * u + v * v)
+        d = (rho - 1) * rho / (np.sqrt((u / a) ** 2 + (v / bw) ** 2) + 1e-6)
+        if base is not None:
+            d[u > base] = 1.0  # open towards the atrium
+            wall = wall * np.clip(1 + 0.45 * u, 0.55, 1)  # the apex is thinner
+        for edge, inside in ((wall, level), (0, DB["blood"])):  # myocardium, then blood, edges ramped over 1.5 px
+            sub += (inside - sub) * np.clip(0.5 - (d - edge) / (1.5 * px), 0, 1)
+        # the outer wall is a specular interface (epicardium, pericardium; brighter with depth): its amplitude ~ cos^2
+        # of the angle between the outline's normal and the beam, so walls along the beam drop out
+        normal_a, normal_c = along / a0**2, across / b0**2  # of the outline at end-diastole
+        cos = ((xs * ux + ys * uy) * normal_a + (xs * uy - ys * ux) * normal_c) / (rs * np.hypot(normal_a, normal_c))
+        angle = 20 * np.log10(np.maximum(cos**2, 0.03))  # (N,) dB
+        peak = OUTER[kind] + 10 * (rs - 0.5) + 2 * stk + angle
+        np.maximum(sub, peak - 10 * ((d - wall - 2.5 * px) / (3.5 * px)) ** 2, out=sub)
+        db[:, near] = sub
+    db = db[frame_of]  # (T, P)
+    # valves: two leaflets hinged at the annulus, closed across it (bowing slightly into the atrium), open towards
+    # the apex (mitral, tricuspid) or into the aorta (aortic valve); bright annulus points just outside the hinges
+    for kind, opening, at, into in (("lv", inflow, BASE["lv"], -1), ("rv", inflow, BASE["rv"], -1),
+                                    ("ao", outflow, -0.6, 1)):
+        if kind not in drawn or kind != "ao" and drawn[kind][8] is None:
+            continue
+        cx, cy, ux, uy, a, b, slide, shape, base = (v[frame_of] if np.shape(v)[1:] == (1,) else v
+                                                    for v in drawn[kind])  # (S, 1) -> (T, 1)
+        half = [b * math.sqrt(1 - at**2) * (1 + w) for w in widen(shape.T, at)]  # to the two annulus points
+        mx, my = cx + (slide + a * at) * ux, cy + (slide + a * at) * uy  # annulus centre, (T, 1) or scalars
+        reach = 1.4 * np.max(half) + 8 * px + np.max(np.hypot(mx - np.mean(mx), my - np.mean(my)))
+        near = np.flatnonzero(np.hypot(x - np.mean(mx), y - np.mean(my)) < reach)
+        sub, xs, ys, beta = db[:, near], x[near], y[near], opening * 1.5 - 0.25  # beta: angle from closed, radians
+        for k, sign in ((0, -1), (1, 1)):  # the leaflet, then the annulus point on each side
+            hx, hy, cos, sin = mx + sign * half[k] * uy, my - sign * half[k] * ux, np.cos(beta), np.sin(beta)
+            paint_leaflet(sub, xs, ys, hx, hy, -sign * uy * cos + into * ux * sin, sign * ux * cos + into * uy * sin,
+                          half[k] * (1.1 if k else 1.0), px, DB["leaflet"])
+            paint_leaflet(sub, xs, ys, hx + sign * px * uy, hy - sign * px * ux, sign * uy, -sign * ux, 3 * px, px,
+                          DB["specular"])
+        db[:, near] = sub
+    return db, drawn.get("lv")
 
 
 def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps=SYNTH_FPS, size=112, clip=0,
@@ -109,92 +273,86 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
     """One synthetic echo video of `frames` frames at `fps`: uint8 (T, size, size) and a dict of labels.
     Deterministic per (seed, index, view, clip); index is the patient, so all views of an index form one study.
     frame_idx renders only those frames of the video (time is continuous, so a clip costs only its frames).
-    envelope=True returns the float envelope before log compression instead of uint8 (for the Rayleigh test)."""
+    envelope=True returns the float envelope of one speckle look before compression (Rayleigh; for the tests)."""
     pat = synth_patient(seed, index, domain, ef, rvsp)
     if view is None:  # a random view, chosen so that synth_video(s, i) == synth_video(s, i, <that view>)
         view = VIEWS[np.random.default_rng([seed, index, 7]).integers(len(VIEWS))]
     view_id, ped = VIEWS.index(view), domain == "pediatric"
     rng = np.random.default_rng([seed, index, ped, view_id, clip])
-    geo = fan_geometry(size, int(rng.integers(38, 46)), int(rng.integers(90, 97)))
-    depth = rng.uniform(9, 11) if ped else rng.uniform(14, 17)  # cm imaged, varies per clip
-    scale, tilt, shift = 15 / depth * pat["size"], rng.normal(0, 0.06), rng.normal(0, 0.025, 2)  # probe pose
+    # the acquisition, varied per clip: sector width and depth, probe position, foreshortening, gain, TGC
+    geo = fan_geometry(size, int(rng.integers(37, 44)), int(rng.integers(90, 98)))
+    depth = rng.uniform(9, 11) if ped else rng.uniform(14, 17)  # cm imaged
+    pose = dict(depth=depth, scale=15 / depth * pat["size"], tilt=min(max(rng.normal(0, 0.05), -0.08), 0.08),
+                shift=rng.normal(0, 0.015, 2).tolist(), shorten=rng.uniform(0.88, 1.0))  # Python floats: float32 maths
+    rho, gain, tgc = rng.uniform(0.95, 0.98), rng.normal(0, 1.5), np.array(TGC) + rng.normal(0, 1.0, len(TGC))
     frame_idx, inverse = np.unique(np.arange(frames) if frame_idx is None else frame_idx, return_inverse=True)
-    rho, att, gain = rng.uniform(0.9, 0.98), rng.uniform(0.3, 0.6) if ped else rng.uniform(0.6, 1.0), rng.normal(0, 2)
-    # contraction s in [0, 1] (0 = end-diastole, 1 = end-systole) over the cardiac phase in [0, 1): cosine systole,
-    # cosine rapid filling over the next quarter cycle, then diastasis at s = 0 (NOTES-data §1.4)
-    phase, systole = (np.arange(frames) / fps * pat["hr"] / 60 + rng.random()) % 1, pat["systole"]
-    fill = np.clip((phase - systole) / 0.25, 0, 1)
-    s_all = np.where(phase < systole, 0.5 * (1 - np.cos(np.pi * phase / systole)), 0.5 * (1 + np.cos(np.pi * fill)))
-    s = s_all[frame_idx][:, None]  # (T, 1) for the rendered frames
-    rv_load = np.clip((pat["rvsp"] - 15) / 45, 0, 1.7)  # pressure load: RV/RA dilate, septum flattens
-    a_ed, b_ed, a_es, b_es = (v / depth for v in pat["lv"])
-    la, lb = a_ed + (a_es - a_ed) * s, b_ed + (b_es - b_ed) * s  # (T, 1) LV half-axes, depth units
-    myo = math.pi * ((a_ed + 0.065 * scale) * (b_ed + 0.065 * scale) - a_ed * b_ed) * pat["myo"]  # wall area
-    h = (-(la + lb) + np.sqrt((la + lb) ** 2 + 4 * myo / math.pi)) / 2  # wall thickens: myocardial area constant
+    phase = (np.arange(frames) / fps * pat["hr"] / 60 + rng.random()) % 1
+    s_all, inflow, outflow = cardiac_cycle(phase, pat["systole"])
+    cycle = (v[frame_idx][:, None].astype(np.float32) for v in (s_all, inflow, outflow))  # (T, 1), rendered frames
+    db, lv = anatomy(view, pat, geo, rng, *cycle, pose)
 
-    # anatomy: backscatter in dB for every in-sector pixel of every frame, (T, P)
-    x, y, c, sn = geo["x"], geo["y"], math.cos(tilt), math.sin(tilt)
-    db = np.full((len(frame_idx), len(x)), DB["tissue"], np.float32)
-    lv_px = None
-    for kind, cx, cy, a, b, psi in LAYOUTS[view]:
-        cx, cy, psi = scale * (c * cx + sn * cy) + shift[0], scale * (c * cy - sn * cx) + shift[1], psi + tilt
-        if kind in ("lv", "lvsax"):
-            a, b, wall = (la, lb, h) if kind == "lv" else (lb * (1 - 0.25 * rv_load), lb, h)
-        else:
-            j = rng.uniform(0.9, 1.1, 2) * scale
-            grow = {"rv": (1 + 0.15 * rv_load - 0.08 * s, 1 + 0.4 * rv_load - 0.2 * s), "ra": (1 + 0.3 * rv_load,) * 2,
-                    "la": (1 + 0.12 * s,) * 2, "ao": (1 + 0.06 * s,) * 2}[kind]
-            a, b = a * j[0] * grow[0], b * j[1] * grow[1]
-            wall = 0.02 * scale * (1 + 0.8 * rv_load if kind == "rv" else 1)
-        ux, uy = math.sin(psi), math.cos(psi)  # long-axis direction
-        along0, across = (x - cx) * ux + (y - cy) * uy, (x - cx) * uy - (y - cy) * ux  # (P,)
-        along = along0 - (a - a_ed if kind == "lv" else 0)  # LV: the apex stays put, the base moves (T, P)
-        lv_px = (cx, cy, ux, uy) if kind == "lv" else lv_px
-        rims = ((wall + 0.015 * scale, "pericardium"),) if kind in ("lv", "lvsax") else ()  # brighter rim
-        for extra, level in rims + ((wall, "wall"), (0, "blood")):
-            q = (along / (a + extra)) ** 2 + across**2 / (b + extra) ** 2  # < 1 inside the ellipse, (T, P)
-            np.copyto(db, DB[level], where=q < 1)
-
-    # speckle: AR(1) in time on the polar grid (rho per 1/50 s), then bilinear scan conversion
+    # acoustics: near-field haze (chest-wall clutter), time-gain compensation and gain
+    r, pool = geo["r"], db < DB["blood"] + 2  # (T, P) the blood pools (and the darkest tissue)
+    db += gain + np.interp(r, np.linspace(0, 1, len(TGC)), tgc).astype(np.float32)
+    np.copyto(db, DB["blood"], where=pool)  # the pools stay at the display floor (noise), whatever the gain
+    np.maximum(db, DB["haze"] - 250 * r, out=db)
+    # speckle: LOOKS independent fields, each AR(1) in time on the polar grid (rho per 1/50 s), scan-converted
     bank = speckle_bank()
-    pick = rng.integers(0, [len(bank), bank.shape[1] - NR, bank.shape[2] - NT], (len(frame_idx), 3))
+    pick = rng.integers(0, [len(bank), bank.shape[1] - NR, bank.shape[2] - NT], (len(frame_idx), LOOKS, 3))
     rho = rho ** (np.diff(frame_idx, prepend=frame_idx[0]) * SYNTH_FPS / fps)  # correlation between rendered frames
-    z = np.empty((len(frame_idx), NR * NT), np.complex64)
-    for t, (k, i, j) in enumerate(pick):
-        fresh = bank[k, i:i + NR, j:j + NT].ravel()
-        z[t] = fresh if t == 0 else rho[t] * z[t - 1] + math.sqrt(1 - rho[t] ** 2) * fresh
-    zc = sum(w * np.take(z, i, axis=1) for w, i in zip(geo["w"], geo["idx"]))  # (T, P) complex, still Gaussian
+    z = np.empty((len(frame_idx), LOOKS, NR, NT), np.complex64)
+    for t, picks in enumerate(pick):
+        for look, (k, i, j) in enumerate(picks):
+            z[t, look] = bank[k, i:i + NR, j:j + NT]  # fresh speckle
+        if t:
+            z[t] *= math.sqrt(1 - rho[t] ** 2)
+            z[t] += rho[t] * z[t - 1]
+    zc = scan_convert(z.reshape(len(frame_idx), LOOKS, NR * NT), geo)  # (T, LOOKS, P) complex, still Gaussian
     power = zc.real**2 + zc.imag**2
-    db += (-8.686 * att * geo["r"] + 12 * np.exp(-geo["r"] / 0.06) + gain).astype(np.float32)  # TGC residual, clutter
     out = np.zeros((len(frame_idx), size * size), np.float32 if envelope else np.uint8)
-    if envelope:  # amplitude = sqrt(backscatter power) x Rayleigh speckle
-        out[:, geo["inside"]] = 10 ** (db / 20) * np.sqrt(power)
-    else:  # log compression over a 50 dB dynamic range
-        out[:, geo["inside"]] = np.clip((db + 10 * np.log10(power + 1e-12) + 50) * (255 / 50), 0, 255)
+    if envelope:  # amplitude = sqrt(backscatter power) x Rayleigh speckle of one look
+        out[:, geo["inside"]] = 10 ** (db / 20) * np.sqrt(power[:, 0])
+    else:
+        # the display: looks compounded (scanners compound, and the 112-px downsampling of real video averages
+        # speckle); in the pools the speckle drifts a pixel every 4/50 s (flow), so they flicker slowly; log
+        # compression over 50 dB, the log-speckle scaled by CONTRAST; a soft floor maps the pools' noise to grey
+        # 0..8 instead of clipping it to black
+        power = power.mean(1)
+        drift = rng.integers(power.shape[1]) + (frame_idx * SYNTH_FPS / fps / 4).astype(int)  # (T,)
+        power = np.where(pool, np.stack([np.roll(p, k) for p, k in zip(power, drift)]), power)
+        grey = (db + CONTRAST * 10 * np.log10(power) + 50) * (255 / 50)
+        out[:, geo["inside"]] = np.clip(np.maximum(grey, 8 * np.exp(np.minimum(grey - 8, 0) / 16)) + 0.5, 0, 255)
     labels = dict(EF=pat["EF"], EDV=pat["EDV"], ESV=pat["ESV"], rvsp=pat["rvsp"], hr=pat["hr"], view=view,
                   view_id=view_id, study=pat["study"], domain=domain, fps=fps, frames=frames)
     ed = np.flatnonzero((s_all[:-1] == 0) & (s_all[1:] > 0))  # last diastasis frame before systole starts
     systole_frames = int(fps * 60 / pat["hr"] * pat["systole"]) + 2
-    if lv_px is not None and len(ed) and ed[0] + systole_frames < frames:
+    if lv is not None and len(ed) and ed[0] + systole_frames < frames:
         es = ed[0] + int(np.argmax(s_all[ed[0]:ed[0] + systole_frames]))  # the frame closest to s = 1
+        a_ed, b_ed, a_es, b_es = (v / depth for v in pat["lv"])
+        a_ed, a_es = a_ed * pose["shorten"], a_es * pose["shorten"]
         axes = [(f, a_ed + (a_es - a_ed) * s_all[f], b_ed + (b_es - b_ed) * s_all[f]) for f in (ed[0], es)]
-        labels.update(ed_frame=int(ed[0]), es_frame=int(es), tracings=lv_tracings(lv_px, a_ed, axes, geo, size))
+        labels.update(ed_frame=int(ed[0]), es_frame=int(es),
+                      tracings=lv_tracings(lv[:4], a_ed, axes, geo, size, lv[7], lv[8]))
     return out.reshape(-1, size, size)[inverse], labels  # (T, size, size) in the order of frame_idx
 
 
-def lv_tracings(lv, a_ed, axes, geo, size):
-    """EchoNet VolumeTracings rows (X1, Y1, X2, Y2, Frame) in pixels: per traced frame the LV long axis (apex to
-    base), then 20 method-of-discs chords perpendicular to it (NOTES-data §3.1)."""
+def lv_tracings(lv, a_ed, axes, geo, size, shape=None, base=1.0):
+    """EchoNet VolumeTracings rows (X1, Y1, X2, Y2, Frame) in pixels: per traced frame the LV long axis (apex to the
+    centre of the base), then 20 method-of-discs chords perpendicular to it (NOTES-data §3.1), on the drawn outline:
+    half-widths b (1 + widen(shape, u)) sqrt(1 - u^2) to either side, at discs from u = -1 (apex) to base."""
     cx, cy, ux, uy = lv
+    shape = np.zeros((2, 1)) if shape is None else shape
     px = lambda x, y: (x * geo["r_max"] + (size - 1) / 2, y * geo["r_max"] - 0.5)  # depth units -> pixels
     rows = []
     for f, a, b in axes:
         mx, my = cx + (a - a_ed) * ux, cy + (a - a_ed) * uy  # the centre moves, the apex stays
-        rows.append((*px(mx - a * ux, my - a * uy), *px(mx + a * ux, my + a * uy), f))
-        for p in -a + (np.arange(20) + 0.5) * a / 10:  # disc centres along the axis; half-chord w
-            w, x, y = b * math.sqrt(1 - (p / a) ** 2), mx + p * ux, my + p * uy
-            rows.append((*px(x - w * uy, y + w * ux), *px(x + w * uy, y - w * ux), f))
+        rows.append((*px(mx - a * ux, my - a * uy), *px(mx + base * a * ux, my + base * a * uy), f))
+        for u in -1 + (np.arange(20) + 0.5) * (1 + base) / 20:  # disc centres along the axis
+            w0, w1 = b * math.sqrt(1 - u**2) * (1 + widen(shape.T, u))  # half-widths across < 0 and > 0
+            x, y = mx + u * a * ux, my + u * a * uy
+            rows.append((*px(x - w0 * uy, y + w0 * ux), *px(x + w1 * uy, y - w1 * ux), f))
     return rows
+
 
 # -----------------------------------------------------------------------------
 # video I/O (PyAV)
@@ -521,8 +679,9 @@ def write_dataset(out, n, seed=0, frames=SYNTH_FRAMES, n_pediatric=None, workers
     os.makedirs(os.path.join(out, "Videos"), exist_ok=True)
     jobs = [(out, seed, i, v, "adult", frames) for i in range(n) for v in VIEWS]
     jobs += [(out, seed, i, "A4C", "pediatric", frames) for i in range(n_pediatric)]
-    with multiprocessing.Pool(workers) as pool:
-        done = tqdm(pool.imap(render_to_disk, jobs, 4), total=len(jobs), desc=f"writing {out}", disable=None)
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:  # 1: in this process
+        done = tqdm(pool.imap(render_to_disk, jobs, 4) if pool else map(render_to_disk, jobs), total=len(jobs),
+                    desc=f"writing {out}", disable=None)
         videos = {(lab["domain"], lab["study"], lab["view"]): lab for lab in done}
     tables = {"FileList.csv": ["FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split".split(",")],
               "VolumeTracings.csv": ["FileName,X1,Y1,X2,Y2,Frame".split(",")],
