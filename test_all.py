@@ -605,7 +605,8 @@ while True:
 def test_ddp_equivalence_gloo():
     """2 processes x batch 1 (gloo) == 1 process x batch 2: same data, masks, loss and updated weights."""
     with tempfile.TemporaryDirectory() as d:
-        common = ["--crop", "64", "--frames", "4", "--num_workers", "0", "--log_interval", "1", "--steps", "2"]
+        common = ["--crop", "64", "--frames", "4", "--num_workers", "0", "--log_interval", "1", "--steps", "2",
+                  "--eval_interval", "0"]
         p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                               "pretrain.py", *common, "--batch_size", "1", "--out_dir", os.path.join(d, "ddp")],
                              cwd=HERE, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
