@@ -410,7 +410,7 @@ def readout_set():
         efs.append(lab["EF"])
     n_view, vt = len(data.VIEWS) * nv, len(data.VIEWS) * READOUT_N["view_train"]
     ar = torch.arange(len(items))
-    return dict(clips=np.stack(clips), view=torch.tensor(views)[:n_view], ef=torch.tensor(efs, dtype=torch.float64)[n_view:],
+    return dict(clips=np.stack(clips), view=torch.tensor(views)[:n_view], ef=torch.tensor(efs, dtype=torch.float64),
                 view_train=ar[:vt], view_test=ar[vt:n_view],
                 ef_train=ar[n_view:n_view + READOUT_N["ef_train"]], ef_test=ar[n_view + READOUT_N["ef_train"]:])
 
@@ -467,7 +467,7 @@ def readout(enc, it, what="target"):
     was_training = enc.training
     feats = readout_features(enc.eval(), ro["clips"])
     enc.train(was_training)
-    ef_tr, ef_te = ro["ef"][ro["ef_train"] - ro["ef_train"][0]], ro["ef"][ro["ef_test"] - ro["ef_train"][0]]
+    ef_tr, ef_te = ro["ef"][ro["ef_train"]], ro["ef"][ro["ef_test"]]
     row = dict(step=it, encoder=what)
     for name, f in feats.items():
         onehot = F.one_hot(ro["view"][ro["view_train"]], len(data.VIEWS)).double()
