@@ -460,15 +460,6 @@ def eval_transform(video, crop):
     return normalize(x[:, i:i + crop, j:j + crop])
 
 
-def zscore_stats(labels):
-    """(mean, std) of regression targets; compute them on the TRAIN split and store them with the probe."""
-    return float(np.mean(labels)), float(np.std(labels) + 1e-8)
-
-
-def zscore(y, stats, inverse=False):
-    """Standardise targets with train statistics (inverse=True maps predictions back to EF points / mmHg)."""
-    return y * stats[1] + stats[0] if inverse else (y - stats[0]) / stats[1]
-
 # -----------------------------------------------------------------------------
 # readers: each returns rows (sources, label, study, name); a source is a path, None (MISS) or a synthetic tuple
 

@@ -398,6 +398,16 @@ def predict(heads, f, batch=32):
 # metrics: views per video; regression averaged per study (all clips/videos of a patient share its EF)
 
 
+def zscore_stats(labels):
+    """(mean, std) of regression targets, from the TRAIN labels; stored with the probe (probe.pt 'zscore')."""
+    return float(np.mean(labels)), float(np.std(labels) + 1e-8)
+
+
+def zscore(y, stats, inverse=False):
+    """Standardise targets with train statistics (inverse=True maps predictions back to EF points / mmHg)."""
+    return y * stats[1] + stats[0] if inverse else (y - stats[0]) / stats[1]
+
+
 def evaluate(out, f, zstats):
     """(metrics dict, prediction rows). out (n, num_outputs) of one head."""
     labels = f["label"].numpy()
@@ -409,7 +419,7 @@ def evaluate(out, f, zstats):
         m = dict(accuracy=float((pred == labels).mean()), balanced_accuracy=float(np.mean(recall)),
                  confusion=conf.tolist(), n=len(labels))
         return m, [(s, v, int(p), int(y)) for s, v, p, y in zip(f["study"], f["video"], pred, labels)]
-    pred = data.zscore(out[:, 0].numpy().astype(np.float64), zstats, inverse=True)
+    pred = zscore(out[:, 0].numpy().astype(np.float64), zstats, inverse=True)
     studies = sorted(set(f["study"]))
     where = {s: i for i, s in enumerate(studies)}
     g = np.array([where[s] for s in f["study"]])
@@ -627,7 +637,7 @@ for i_seed, seed in enumerate(seeds):
             if len(pk["classifiers"]) > 1:
                 print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
             if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
-                zstats = data.zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
+                zstats = zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
                 print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
                       f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
         check_fit(args["num_outputs"], args.get("num_views", 0))
@@ -647,8 +657,8 @@ for i_seed, seed in enumerate(seeds):
                                                                       for i in used])
         tr = features("train", train_ds, used)
         va = features("val", val_ds, range(len(val_ds)))
-        zstats = None if classification else data.zscore_stats(tr["label"].numpy())
-        y = tr["label"] if classification else torch.from_numpy(data.zscore(tr["label"].numpy(), zstats)).float()
+        zstats = None if classification else zscore_stats(tr["label"].numpy())
+        y = tr["label"] if classification else torch.from_numpy(zscore(tr["label"].numpy(), zstats)).float()
         args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth,
                     heads=nh, num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips)
         grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]

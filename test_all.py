@@ -25,6 +25,7 @@ import contextlib
 import csv
 import json
 import math
+import socket
 import subprocess
 import types
 
@@ -449,17 +450,28 @@ TINY_RUN = ["--crop", "64", "--frames", "4", "--batch_size", "2", "--num_workers
             "--eval_interval", "0"]  # the read-out has its own test
 
 
-def run_script(path, args):
+def run_script(path, args, signal_at=None):
     """Run a script in this process (torch is already imported: ~2 s cheaper than a subprocess).
-    Returns (exit code, stdout, stderr)."""
+    signal_at: send this process a real SIGTERM once the script has printed that text (the script's own handler,
+    installed while it runs, takes it). Returns (exit code, stdout, stderr)."""
     import contextlib
     import io
     import runpy
     import signal
+    import threading
     out, err, code = io.StringIO(), io.StringIO(), 0
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     argv = sys.argv
     sys.argv = [path, *args]
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.01):
+            if signal_at in out.getvalue():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+    if signal_at:
+        threading.Thread(target=watch, daemon=True).start()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_path(os.path.join(HERE, path), run_name="__main__")
@@ -468,6 +480,7 @@ def run_script(path, args):
         if isinstance(e.code, str):
             err.write(e.code)
     finally:
+        done.set()
         sys.argv = argv
         for s, h in handlers.items():
             signal.signal(s, h)
@@ -525,9 +538,6 @@ def test_pretrain_run_and_checkpoint_roundtrip():
                                                       *args])
             last = err.strip().splitlines()[-1]
             assert rc != 0 and want in last and "error" in last and "Traceback" not in err, (want, err[-500:])
-        # the same through a real subprocess: one line, no traceback
-        rc, out, err = run(["pretrain.py", "--crop", "100"])
-        assert rc == 2 and "Traceback" not in err and err.strip().splitlines()[-1].endswith("16-pixel patch size")
 
 
 def test_preemption_and_exact_resume():
@@ -537,16 +547,8 @@ def test_preemption_and_exact_resume():
     with tempfile.TemporaryDirectory() as d:
         a, b = os.path.join(d, "a"), os.path.join(d, "b")
         args = [*TINY_RUN, "--steps", "8", "--ckpt_interval", "100"]
-        p = subprocess.Popen([sys.executable, "pretrain.py", *args, "--out_dir", a], cwd=HERE, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                  "OMP_NUM_THREADS": str(torch.get_num_threads())})
-        for line in p.stdout:  # wait until training is really under way
-            if line.startswith("step      2"):
-                p.send_signal(signal.SIGTERM)
-                break
-        out, err = p.communicate(timeout=60)
-        assert p.returncode == 0 and "received signal" in out, (out, err[-1000:])
+        rc, out, err = run_script("pretrain.py", [*args, "--out_dir", a], signal_at="step      2")
+        assert rc == 0 and "received signal 15" in out, (out, err[-1000:])
         k = torch.load(os.path.join(a, "ckpt.pt"), weights_only=False)["step"]
         assert 2 <= k < 8, k
         rc, out, err = run_script("pretrain.py", [*args, "--out_dir", a, "--resume"])
@@ -576,28 +578,29 @@ def test_checkpoint_survives_kill_mid_save():
     """save_checkpoint writes a temp file and os.replace()s it: killing the writer never leaves a torn ckpt.pt."""
     import signal
     with tempfile.TemporaryDirectory() as d:
-        child = f"""
-import os, sys, torch, types
-sys.path.insert(0, {HERE!r}); os.chdir({HERE!r})
-from test_all import script_functions
-big = {{"w": torch.randn(20_000_000)}}  # 80 MB: each save takes long enough to be killed inside
-ns = script_functions("pretrain.py", ["save_checkpoint"], torch=torch, os=os, ckpt_path={os.path.join(d, 'ckpt.pt')!r},
-    raw_encoder=torch.nn.Linear(2, 2), raw_predictor=torch.nn.Linear(2, 2), target_encoder=torch.nn.Linear(2, 2),
-    opt=types.SimpleNamespace(state_dict=lambda: big),
-    cfg=types.SimpleNamespace(compile=False, batch_size=1, keep_ckpts=False),
-    global_batch=1, dataset=[0], world_size=1, mae=False, get_lr=lambda it: 0.0, asdict=lambda c: {{}}, fail=print)
-i = 0
-while True:
-    ns["save_checkpoint"](i, 0.0); i += 1
-    print(i, flush=True)
-"""
-        p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
-        for line in p.stdout:
-            if int(line) >= 3:
-                time.sleep(0.05)  # somewhere inside the next save
-                p.send_signal(signal.SIGKILL)
-                break
-        p.wait()
+        big = {"w": torch.randn(20_000_000)}  # 80 MB: each save takes long enough to be killed inside
+        ns = script_functions("pretrain.py", ["save_checkpoint"], torch=torch, os=os, ckpt_path=os.path.join(d, "ckpt.pt"),
+                              raw_encoder=torch.nn.Linear(2, 2), raw_predictor=torch.nn.Linear(2, 2),
+                              target_encoder=torch.nn.Linear(2, 2), opt=types.SimpleNamespace(state_dict=lambda: big),
+                              cfg=types.SimpleNamespace(compile=False, batch_size=1, keep_ckpts=False), global_batch=1,
+                              dataset=[0], world_size=1, mae=False, get_lr=lambda it: 0.0, asdict=lambda c: {},
+                              fail=print)
+        r, w = os.pipe()
+        pid = os.fork()  # the writer: a forked copy of this process (no second torch import), killed mid-save
+        if pid == 0:
+            try:
+                os.close(r)
+                for i in range(1000):
+                    ns["save_checkpoint"](i, 0.0)
+                    os.write(w, b"x")  # one byte per finished save
+            finally:
+                os._exit(0)  # never return into the test runner
+        os.close(w)
+        assert os.read(r, 1) and os.read(r, 1) and os.read(r, 1)  # 3 saves done
+        time.sleep(0.05)  # somewhere inside the next save
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
         ck = torch.load(os.path.join(d, "ckpt.pt"), weights_only=False)
         assert ck["step"] >= 2 and ck["opt"]["w"].shape == (20_000_000,)
 
@@ -607,12 +610,31 @@ def test_ddp_equivalence_gloo():
     with tempfile.TemporaryDirectory() as d:
         common = ["--crop", "64", "--frames", "4", "--num_workers", "0", "--log_interval", "1", "--steps", "2",
                   "--eval_interval", "0"]
-        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              "pretrain.py", *common, "--batch_size", "1", "--out_dir", os.path.join(d, "ddp")],
-                             cwd=HERE, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-        out, err = p.communicate(timeout=180)  # not concurrently: 2 cores, oversubscribed threads crawl
-        assert p.returncode == 0, "\n".join(l for l in err.splitlines() if "it/s" not in l)[-6000:]  # no tqdm bars
+        # the two ranks: forked copies of this process (torch already imported, ~2.5 s each saved), each with the
+        # environment torchrun gives a rank (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*) and one thread, as a DataLoader
+        # worker; pretrain.py runs in them as __main__, as under `torchrun --nproc_per_node=2 pretrain.py`
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        pids = []
+        for r in range(2):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    torch.set_num_threads(1)
+                    os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                    code, out, err = run_script("pretrain.py", [*common, "--batch_size", "1", "--out_dir",
+                                                                os.path.join(d, "ddp")])
+                    with open(os.path.join(d, f"rank{r}.err"), "w") as f:
+                        f.write("\n".join(l for l in err.splitlines() if "it/s" not in l))  # no tqdm bars
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        for r, pid in enumerate(pids):  # not concurrently with anything else: 2 cores, oversubscribed threads crawl
+            status = os.waitpid(pid, 0)[1]
+            assert os.waitstatus_to_exitcode(status) == 0, open(os.path.join(d, f"rank{r}.err")).read()[-6000:]
         rc, out, err = run_script("pretrain.py", [*common, "--batch_size", "2", "--out_dir", os.path.join(d, "one")])
         assert rc == 0, err
         c1, c2 = (torch.load(os.path.join(d, x, "ckpt.pt"), weights_only=False) for x in ("one", "ddp"))
@@ -895,9 +917,9 @@ def test_data_clips_and_transforms():
     expected = (128 / 255 - torch.tensor(data.IMAGENET_MEAN)) / torch.tensor(data.IMAGENET_STD)
     assert x.shape == (3, 4, 64, 64) and torch.allclose(x[:, 0, 5, 5], expected, atol=1e-4)
     assert data.eval_transform(video, 64).shape == (3, 4, 64, 64)
-    y = np.array([40.0, 60.0, 50.0])
-    stats = data.zscore_stats(y)
-    assert abs(data.zscore(y, stats).mean()) < 1e-9 and np.allclose(data.zscore(data.zscore(y, stats), stats, True), y)
+    y, ns = np.array([40.0, 60.0, 50.0]), script_functions("probe.py", ["zscore", "zscore_stats"], np=np)
+    zscore, stats = ns["zscore"], ns["zscore_stats"](y)
+    assert abs(zscore(y, stats).mean()) < 1e-9 and np.allclose(zscore(zscore(y, stats), stats, True), y)
 
 
 def test_data_datasets_synthetic():
@@ -926,7 +948,7 @@ def test_data_datasets_synthetic():
 
 def test_data_echonet_fixture():
     with tempfile.TemporaryDirectory() as tmp:
-        data.write_dataset(tmp, 8, frames=32, n_pediatric=10)
+        data.write_dataset(tmp, 8, frames=32, n_pediatric=10, workers=2)  # the Pool path
         with open(os.path.join(tmp, "FileList.csv")) as f:
             lines = f.read().splitlines()
         assert lines[0] == "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"
@@ -1144,10 +1166,6 @@ def run_probe(args):
 
 def test_probe_runs_and_bad_inputs():
     with tempfile.TemporaryDirectory() as d:
-        # the view run in a real subprocess (the CLI as users call it), meanwhile the rest in this process
-        view = subprocess.Popen([sys.executable, "probe.py", *PROBE_TINY, "--task", "view", "--label_frac", "0.5",
-                                 "--out_dir", os.path.join(d, "view")], cwd=HERE, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
         code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp"),
                                "--attn_maps", "6", "--embed_map"])  # multi-view pictures: first view, quintiles
         assert code == 0, err[-2000:]
@@ -1169,8 +1187,9 @@ def test_probe_runs_and_bad_inputs():
             code, err = run_probe([*args, "--out_dir", os.path.join(d, "x")])
             last = err.strip().splitlines()[-1]
             assert code != 0 and want in last and "error" in last, (args, err[-500:])  # one clear line
-        out, err = view.communicate(timeout=120)
-        assert view.returncode == 0, err[-2000:]
+        code, out, err = run_script("probe.py", [*PROBE_TINY, "--task", "view", "--label_frac", "0.5", "--out_dir",
+                                                 os.path.join(d, "view")])
+        assert code == 0, err[-2000:]
         assert "note: 12 labelled train items: results move by several points with --seed" in out
         for task, n_out, n_heads in (("view", len(data.VIEWS), 6), ("rvsp", 1, 2)):
             run_dir = os.path.join(d, task)
@@ -1242,12 +1261,12 @@ def test_probe_official_ckpt_eval_data_and_pictures():
         data.write_dataset(os.path.join(d, "ds"), 8, frames=8, n_pediatric=0)  # patient 7 = the test split
         metrics = lambda run: json.load(open(os.path.join(d, run, "metrics.json")))
         torch.manual_seed(0)
-        view_out = ""
+        view_out, zstats = "", script_functions("probe.py", ["zscore_stats"], np=np)["zscore_stats"]
         for task, n_out, src in (("view", 6, os.path.join(d, "ds")), ("lvef", 1, "synthetic")):
             head = AttentiveProbe(192, n_out, depth=2, heads=16)  # the random-init vitq encoder is 192 wide
             for p in head.parameters():
                 torch.nn.init.normal_(p, std=0.1)  # varied predictions
-            zs = None if task == "view" else data.zscore_stats(data.build_probe_dataset(
+            zs = None if task == "view" else zstats(data.build_probe_dataset(
                 src, task, "train", 2, 32, 8.0, 0, n_train=12).labels)  # what probe.py must derive from the labels
             torch.save(dict(classifiers=[{"module." + k: v for k, v in head.state_dict().items()}] * 2),
                        os.path.join(d, f"{task}_official.pt"))
