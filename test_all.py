@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 import ast
 import contextlib
 import csv
+import functools
 import json
 import math
 import socket
@@ -43,10 +44,36 @@ def run(args, timeout=120, env=None):
     return p.returncode, p.stdout, p.stderr
 
 
+@functools.lru_cache(maxsize=None)
+def parsed(path):
+    """The syntax tree of a script, parsed once per test session (tests read pretrain.py / probe.py many times)."""
+    return ast.parse(open(os.path.join(HERE, path)).read())
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(path):
+    """A script's code object, compiled once per test session (runpy.run_path recompiles on every call)."""
+    full = os.path.join(HERE, path)
+    return compile(open(full).read(), full, "exec")
+
+
+def run_main(path):
+    """Execute a script as __main__ in this process, as runpy.run_path does (a fresh module for __main__, so that
+    inspect.getsource finds the script's own classes), from the cached code object."""
+    mod = types.ModuleType("__main__")
+    mod.__file__, mod.__builtins__ = os.path.join(HERE, path), __builtins__
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = mod
+    try:
+        exec(compiled(path), mod.__dict__)
+    finally:
+        sys.modules["__main__"] = saved
+
+
 def script_functions(path, names, **globs):
     """Top-level functions of a script (read top to bottom, not importable) executed against the given globals,
     so the exact code the script runs is what gets tested."""
-    tree = ast.parse(open(os.path.join(HERE, path)).read())
+    tree = parsed(path)
     body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
     assert {n.name for n in body} == set(names), f"missing in {path}: {set(names) - {n.name for n in body}}"
     ns = dict(globs)
@@ -456,7 +483,6 @@ def run_script(path, args, signal_at=None):
     installed while it runs, takes it). Returns (exit code, stdout, stderr)."""
     import contextlib
     import io
-    import runpy
     import signal
     import threading
     out, err, code = io.StringIO(), io.StringIO(), 0
@@ -474,7 +500,7 @@ def run_script(path, args, signal_at=None):
         threading.Thread(target=watch, daemon=True).start()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(os.path.join(HERE, path), run_name="__main__")
+            run_main(path)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if isinstance(e.code, str):
@@ -1151,12 +1177,12 @@ PROBE_TINY = ["--random_init", "--frames", "2", "--crop", "32", "--n_train", "12
 def run_probe(args):
     """probe.py as __main__ in this process (no second torch import): (exit code, stderr). A clean error exits
     through SystemExit; anything else (a traceback) propagates and fails the test."""
-    import io, runpy
+    import io
     argv, err = sys.argv, io.StringIO()
     sys.argv, code = ["probe.py", *PROBE_TINY, *args], 0
     try:
         with one_thread(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            runpy.run_path(os.path.join(HERE, "probe.py"), run_name="__main__")
+            run_main("probe.py")
     except SystemExit as e:
         code = e.code
     finally:
@@ -1487,7 +1513,8 @@ def test_probe_seeds_reuse_encoded_clips():
         torch.save(dict(target_encoder=Encoder(CONFIGS["vitq"]).state_dict(), config=dict(model="vitq")), ck)
         for name, extra in (("trained", ["--no-random_init", "--ckpt", ck]), ("random", [])):
             cache = os.path.join(d, f"cache_{name}")
-            code, err = run_probe(["--task", "view", "--label_frac", "0.5", "--n_train", "24", "--seeds", "0", "1", *extra,
+            code, err = run_probe(["--task", "view", "--label_frac", "0.5", "--n_train", "24", "--num_clips", "1",
+                                   "--epochs", "1", "--seeds", "0", "1", *extra,
                                    "--cache_dir", cache, "--out_dir", os.path.join(d, name)])
             assert code == 0, err[-2000:]
             m = json.load(open(os.path.join(d, name, "metrics_seeds.json")))
