@@ -334,6 +334,17 @@ class AttentivePooler(nn.Module):
         return (q, att) if return_attn else q
 
 
+def sincos_3d(grid, dim):
+    """Fixed 3D sin-cos position table (N, dim) for tokens in (t, h, w) order: a third of the channels (an even
+    number) per axis, sin and cos of the coordinate at geometric frequencies (Vaswani 2017; MAE's 2D table, in 3D)."""
+    d = 2 * (dim // 6)  # channels per axis; the last dim - 3 d stay zero
+    freq = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d // 2))  # (d/2,)
+    axes = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid], indexing="ij")
+    parts = [a.reshape(-1, 1) * freq for a in axes]  # 3 x (N, d/2)
+    table = torch.cat([torch.cat([p.sin(), p.cos()], 1) for p in parts], 1)  # (N, 3 d)
+    return F.pad(table, (0, dim - 3 * d)).float()
+
+
 class AttentiveProbe(nn.Module):
     """Frozen-feature head: forward(tokens (B,N,dim), key_padding_mask (B,N) True=ignore) -> (B, num_outputs).
 
@@ -341,11 +352,14 @@ class AttentiveProbe(nn.Module):
     the factorised embedding view_embed[l // num_clips] + clip_embed[l % num_clips] on every token (EchoJEPA RVSP).
     """
 
-    def __init__(self, dim, num_outputs, depth=4, heads=16, mlp_ratio=4.0, num_views=0, num_clips=1):
+    def __init__(self, dim, num_outputs, depth=4, heads=16, mlp_ratio=4.0, num_views=0, num_clips=1, pos_grid=None):
         super().__init__()
         self.num_views, self.num_clips = num_views, num_clips
         self.pooler = AttentivePooler(dim, depth, heads, mlp_ratio)
         self.linear = nn.Linear(dim, num_outputs)
+        if pos_grid is not None:  # deviation, off by default: V-JEPA 2's probe sees no position (its blocks run
+            # without RoPE); a fixed table (no parameters, not in the state dict) tells it where each token sits
+            self.register_buffer("pos_embed", sincos_3d(pos_grid, dim), persistent=False)  # (N, dim)
         if num_views > 0:
             self.view_embed = nn.Embedding(num_views, dim)
             self.clip_embed = nn.Embedding(num_clips, dim)
@@ -360,10 +374,59 @@ class AttentiveProbe(nn.Module):
             slot = torch.arange(L, device=tokens.device)
             emb = self.view_embed(slot // self.num_clips) + self.clip_embed(slot % self.num_clips)  # (L, D)
             tokens = (tokens.view(B, L, N // L, D) + emb[None, :, None, :].to(tokens.dtype)).view(B, N, D)
+        if hasattr(self, "pos_embed"):  # the same table on every clip (and view) slot
+            B, N, D = tokens.shape
+            tokens = (tokens.view(B, -1, *self.pos_embed.shape) + self.pos_embed.to(tokens.dtype)).view(B, N, D)
         if return_attn:  # the explicit-attention path, also returning its weights (probe.py --attn_maps)
             q, att = self.pooler(tokens, key_padding_mask, return_attn=True)
             return self.linear(q.squeeze(1)), att
         return self.linear(self.pooler(tokens, key_padding_mask).squeeze(1))
+
+
+# -----------------------------------------------------------------------------
+# linear read-out (frozen evaluation): pooled tokens + closed-form ridge, AttentiveProbe's parameter-free twin.
+# Its one home is here because pretrain.py (online read-out) and probe.py (--probe linear, --export_features) both
+# import model.py already; nothing here trains the encoder.
+
+
+def pool_tokens(z, grid):
+    """Two poolings of frozen tokens z (B, N, D), N = T'*H'*W' in (t, h, w) order: 'mean', every token averaged
+    (B, D); and 'grid', the tokens of each 2x2 spatial quadrant averaged per time step, summarised by mean and std
+    over time (B, 8 D). The grid pooling keeps where and how much things move, where the ejection fraction lives."""
+    T, H, W = grid
+    rows, cols = (slice(0, (H + 1) // 2), slice(H // 2, H)), (slice(0, (W + 1) // 2), slice(W // 2, W))
+    z = z.view(len(z), T, H, W, -1)  # (B, T', H', W', D)
+    q = torch.stack([z[:, :, r, c].mean((2, 3)) for r in rows for c in cols], 2)  # (B, T', 4, D)
+    sd = q.std(1, correction=int(T > 1))  # one time step (a 2-frame clip) has no spread: 0, not NaN
+    return dict(mean=z.mean((1, 2, 3)), grid=torch.cat([q.mean(1), sd], -1).flatten(1))
+
+
+def ridge(xtr, ytr, lams=tuple(10.0 ** k for k in range(-2, 6))):
+    """Closed-form ridge regression on standardised features, its lambda chosen by the exact leave-one-out squared
+    error (the hat-matrix shortcut: no refits; sklearn's RidgeCV / RidgeClassifierCV on one-hot targets do the
+    same). xtr (n, d), ytr (n, k) -> (W (d, k), b (k,), the chosen lambda's LOO mean squared error); predictions
+    are x @ W + b (the standardisation folded into W and b)."""
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
+    a, ym = (xtr - mu) / sd, ytr.mean(0)
+    U, S, Vt = torch.linalg.svd(a, full_matrices=False)  # (n, r), (r,), (r, d)
+    Uy = U.T @ (ytr - ym)  # (r, k)
+
+    def loo(lam):
+        s = S ** 2 / (S ** 2 + lam)
+        lev = (U ** 2 * s).sum(1) + 1 / len(a)  # hat-matrix diagonal, intercept included
+        return ((((ytr - ym) - U @ (s[:, None] * Uy)) / (1 - lev)[:, None]) ** 2).mean().item()
+    lam = min(lams, key=loo)
+    coef = Vt.T @ ((S / (S ** 2 + lam))[:, None] * Uy)  # (d, k), on standardised features
+    return coef / sd[:, None], ym - (mu / sd) @ coef, loo(lam)
+
+
+def rankme(f):
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of the embedding matrix;
+    a label-free collapse signal (1 = collapsed to a line, D = every direction used equally). Deviation: of the
+    centred matrix, since the common mean of layer-normed tokens would otherwise take most of the spectrum."""
+    s = torch.linalg.svdvals(f - f.mean(0))
+    p = s / s.sum() + 1e-7
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 # -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from masks import MASK_POLICIES, MaskCollator, budgets, sample_masks, sample_tube_mask
-from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict
+from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict, pool_tokens, rankme, ridge
 
 # -----------------------------------------------------------------------------
 # config: every default here is the CPU quick start; each line is also a --flag
@@ -77,11 +77,13 @@ class Config:
     bench_steps: int = 20                 # timed steps of --bench (after warm-up)
     eval_interval: int = 400              # steps between read-outs of the target encoder, also at 0 and the end (0 = off)
     readout_n: int = 10                   # read-out set: n train, 2.5n test clips per view; 8n train, 8n test A4C (LVEF)
-    readout_only: list = None             # read out these checkpoints' target encoders (or 'random'), then exit
+    readout: str = "auto"                 # read-out set: auto (labelled VAL of --data, else synthetic) | synthetic | data | none
+    readout_context: bool = False         # also read out the context encoder (rows 'context'), beside the target
+    readout_only: list = None             # read out these checkpoints' target encoders ('random', 'pixels'), then exit
 
 
-# argparse built from the block above; the comment of each line becomes its --help
-HELP = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M))
+# argparse built from the block above; the comment of each line becomes its --help ('%' escaped: argparse formats it)
+HELP = {k: v.replace("%", "%%") for k, v in re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M)}
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 for f in fields(Config):
     if f.type is bool:
@@ -94,7 +96,8 @@ for f in fields(Config):
         parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name],
                             choices=sorted(CONFIGS) if f.name == "model" else
                             ["jepa", "mae"] if f.name == "objective" else
-                            sorted(MASK_POLICIES) if f.name == "masks" else None)
+                            sorted(MASK_POLICIES) if f.name == "masks" else
+                            ["auto", "synthetic", "data", "none"] if f.name == "readout" else None)
 cfg = Config(**vars(parser.parse_args()))
 cfg.ema = tuple(cfg.ema)
 if cfg.crop % 16:
@@ -272,15 +275,19 @@ def jepa_loss(clips, masks):
     return loss, torch.stack(stats).mean(0)
 
 
+def tubelets(clips, t=2, p=16):
+    """The pixels of each tubelet, in token order: clips (B, C, T, H, W) -> (B, N, t*p*p, C)."""
+    B, C, T, H, W = clips.shape
+    x = clips.view(B, C, T // t, t, H // p, p, W // p, p).permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T', H', W', t, p, p, C)
+    return x.reshape(B, -1, t * p * p, C)  # (B, N, t*p*p, C)
+
+
 def mae_loss(clips, masks):
     """Baseline (VideoMAE, issue 8): same encoder on the 10 % visible tubes, the predictor as pixel decoder, MSE on
     per-patch normalised pixels of the hidden tubelets. Only this function and the tube mask differ from JEPA."""
     (ctx, tgt), = masks
     z = predictor(encoder(clips, ctx), ctx, tgt, grid)  # (B, Kt, 3*t*p*p)
-    B, C, T, H, W = clips.shape
-    t, p = 2, 16
-    x = clips.view(B, C, T // t, t, H // p, p, W // p, p).permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T', H', W', t, p, p, C)
-    x = x.reshape(B, -1, t * p * p, C)  # (B, N, t*p*p, C)
+    x = tubelets(clips)  # (B, N, t*p*p, C)
     x = (x - x.mean(2, keepdim=True)) / (x.var(2, keepdim=True).sqrt() + 1e-6)  # per patch and channel (VideoMAE)
     x = torch.gather(x.flatten(2), 1, tgt.unsqueeze(-1).expand(-1, -1, z.size(-1)))  # (B, Kt, t*p*p*C)
     stats = torch.stack([x.std(dim=(0, 1)).mean(), z.detach().float().std(dim=(0, 1)).mean()])
@@ -385,18 +392,45 @@ if cfg.bench:
 import data  # noqa: E402  (after the bench exit: --bench needs no video stack)
 
 # -----------------------------------------------------------------------------
-# online read-out: is the representation learning? Frozen target-encoder features of a fixed labelled synthetic
-# set, closed-form ridge read-outs (as solo-learn's online monitors, without an optimiser). Step 0 is the random-init
-# encoder of the same seed and architecture, so every curve starts at its own random baseline.
+# online read-out: is the representation learning? Frozen-encoder features of a fixed labelled set, closed-form
+# ridge read-outs (as solo-learn's online monitors, without an optimiser; model.pool_tokens / ridge / rankme, the
+# same code as probe.py --probe linear). Step 0 is the random-init encoder of the same seed and architecture, so
+# every curve starts at its own random baseline; the 'pixels' row (raw tubelets, no encoder) is the floor that needs
+# no learning at all.
 
 READOUT_BASE = 3 * 10**9  # read-out patients: disjoint from the pretraining stream (keys < 2^20) and data.SPLIT_BASE
 READOUT_N = dict(view_train=cfg.readout_n, view_test=round(2.5 * cfg.readout_n), ef_train=8 * cfg.readout_n,
                  ef_test=8 * cfg.readout_n)  # clips per view class; A4C clips (one per patient) for LVEF
 
 
+def data_readout_rows():
+    """(rows of the --data VAL split with LVEF labels, why not) for --readout auto/data: an EchoNet FileList.csv,
+    a folder's lvef_val.csv or a '{split}' CSV; (None, reason) when there are none, or too few, or one label only."""
+    if cfg.data == "synthetic":
+        return None, "--data synthetic"
+    try:
+        rows = data.find_rows(cfg.data, "lvef", "val")
+    except (ValueError, FileNotFoundError) as e:
+        return None, f"no labelled VAL split in {cfg.data} ({e})"
+    if len(rows) < 4 or len({r[1] for r in rows}) < 2:
+        return None, f"{cfg.data}: {len(rows)} VAL rows with {len({r[1] for r in rows})} distinct labels (need 4, 2)"
+    return rows[:READOUT_N["ef_train"] + READOUT_N["ef_test"]], ""
+
+
 def readout_set():
-    """The read-out clips, rendered once (patients seeded 0 for every run): uint8 grey (n, T, H, W), and the index
-    sets and labels of the view task (every view of a patient) and the LVEF task (one A4C clip per patient)."""
+    """The read-out clips, decoded or rendered once: uint8 grey (T, H, W) each, with index sets and labels. Real
+    data (--readout data, or auto with a labelled VAL split): LVEF only, the VAL rows split in halves (train, test).
+    Synthetic (patients seeded 0 for every run): the view task (every view of a patient) and LVEF (one A4C clip
+    per patient)."""
+    rows, why = data_readout_rows() if cfg.readout in ("auto", "data") else (None, f"--readout {cfg.readout}")
+    if rows is None and cfg.readout == "data":
+        fail(f"--readout data: {why}")
+    if rows is not None:
+        ds = data.EchoDataset(rows, cfg.frames, cfg.crop, cfg.fps, cfg.seed, pretrain=False)
+        clips = [ds.load(r[0][0], 1, None)[0] for r in tqdm(rows, desc="read read-out set", unit="video", leave=False)]
+        ar, half = torch.arange(len(rows)), len(rows) // 2
+        return dict(clips=clips, view=None, ef=torch.tensor([r[1] for r in rows], dtype=torch.float64),
+                    ef_train=ar[:half], ef_test=ar[half:], source=f"{cfg.data} VAL ({len(rows)} labelled videos)")
     nv, ne = READOUT_N["view_train"] + READOUT_N["view_test"], READOUT_N["ef_train"] + READOUT_N["ef_test"]
     items = [(READOUT_BASE + i, v) for i in range(nv) for v in data.VIEWS]
     items += [(READOUT_BASE + 10**6 + i, "A4C") for i in range(ne)]
@@ -410,79 +444,59 @@ def readout_set():
         efs.append(lab["EF"])
     n_view, vt = len(data.VIEWS) * nv, len(data.VIEWS) * READOUT_N["view_train"]
     ar = torch.arange(len(items))
-    return dict(clips=np.stack(clips), view=torch.tensor(views)[:n_view], ef=torch.tensor(efs, dtype=torch.float64),
-                view_train=ar[:vt], view_test=ar[vt:n_view],
-                ef_train=ar[n_view:n_view + READOUT_N["ef_train"]], ef_test=ar[n_view + READOUT_N["ef_train"]:])
+    return dict(clips=clips, view=torch.tensor(views)[:n_view], ef=torch.tensor(efs, dtype=torch.float64),
+                view_train=ar[:vt], view_test=ar[vt:n_view], ef_train=ar[n_view:n_view + READOUT_N["ef_train"]],
+                ef_test=ar[n_view + READOUT_N["ef_train"]:],
+                source="synthetic" + (f" ({why})" if cfg.data != "synthetic" else ""))
 
 
 @torch.no_grad()
 def readout_features(enc, clips):
-    """Two poolings of the frozen tokens, float64 on the CPU: 'mean', every token averaged (n, D); and 'grid', the
-    tokens of each 2x2 spatial quadrant averaged per time step, summarised by mean and std over time (n, 8 D). The
-    grid pooling keeps where and how much things move, where the ejection fraction lives."""
-    T, H, W = grid
-    rows, cols = (slice(0, (H + 1) // 2), slice(H // 2, H)), (slice(0, (W + 1) // 2), slice(W // 2, W))
+    """model.pool_tokens of the frozen tokens (mean (n, D), grid (n, 8 D)), float64 on the CPU; enc None = the
+    raw-pixel control, each tubelet's pixels (3 * 2 * 16 * 16 values) taken as its token."""
     pooled = []
     for i in range(0, len(clips), cfg.batch_size):
         x = torch.stack([data.eval_transform(c, cfg.crop) for c in clips[i:i + cfg.batch_size]]).to(device)
-        with autocast:
-            z = enc(x).float()  # (B, N, D)
-        z = z.view(len(x), T, H, W, -1)  # (B, T', H', W', D)
-        q = torch.stack([z[:, :, r, c].mean((2, 3)) for r in rows for c in cols], 2)  # (B, T', 4, D)
-        pooled.append(torch.cat([z.mean((1, 2, 3)), torch.cat([q.mean(1), q.std(1)], -1).flatten(1)], 1).cpu())
-    f = torch.cat(pooled).double()
-    D = z.shape[-1]
-    return dict(mean=f[:, :D], grid=f[:, D:])
-
-
-def ridge(xtr, ytr, xte, lams=10.0 ** np.arange(-2, 6)):
-    """Closed-form ridge regression on standardised features, its lambda chosen by the exact leave-one-out squared
-    error (the hat-matrix shortcut: no refits). xtr (n, d), ytr (n, k), xte (m, d) -> predictions (m, k)."""
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
-    a, b, ym = (xtr - mu) / sd, (xte - mu) / sd, ytr.mean(0)
-    U, S, Vt = torch.linalg.svd(a, full_matrices=False)  # (n, r), (r,), (r, d)
-    Uy = U.T @ (ytr - ym)  # (r, k)
-    def loo(lam):
-        s = S ** 2 / (S ** 2 + lam)
-        lev = (U ** 2 * s).sum(1) + 1 / len(a)  # hat-matrix diagonal, intercept included
-        return ((((ytr - ym) - U @ (s[:, None] * Uy)) / (1 - lev)[:, None]) ** 2).mean().item()
-    lam = min(lams, key=loo)
-    return b @ (Vt.T @ ((S / (S ** 2 + lam))[:, None] * Uy)) + ym
-
-
-def rankme(f):
-    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of the embedding matrix;
-    a label-free collapse signal (1 = collapsed to a line, D = every direction used equally). Deviation: of the
-    centred matrix, since the common mean of layer-normed tokens would otherwise take most of the spectrum."""
-    s = torch.linalg.svdvals(f - f.mean(0))
-    p = s / s.sum() + 1e-7
-    return float(torch.exp(-(p * p.log()).sum()))
+        if enc is None:
+            z = tubelets(x).flatten(2)  # (B, N, t*p*p*C)
+        else:
+            with autocast:
+                z = enc(x).float()  # (B, N, D)
+        pooled.append({k: v.cpu() for k, v in pool_tokens(z, grid).items()})
+    return {k: torch.cat([p[k] for p in pooled]).double() for k in ("mean", "grid")}
 
 
 def readout(enc, it, what="target"):
-    """Read out a frozen encoder at step it: one log line, one row of out_dir/readout.csv; returns the row."""
+    """Read out a frozen encoder (None: raw pixels) at step it: one log line, one row of out_dir/readout.csv."""
     global ro
     t0 = time.perf_counter()
     ro = ro if ro is not None else readout_set()
-    was_training = enc.training
-    feats = readout_features(enc.eval(), ro["clips"])
-    enc.train(was_training)
+    was_training = enc is not None and enc.training
+    feats = readout_features(enc if enc is None else enc.eval(), ro["clips"])
+    if was_training:
+        enc.train()
     ef_tr, ef_te = ro["ef"][ro["ef_train"]], ro["ef"][ro["ef_test"]]
     row = dict(step=it, encoder=what)
     for name, f in feats.items():
-        onehot = F.one_hot(ro["view"][ro["view_train"]], len(data.VIEWS)).double()
-        pred = ridge(f[ro["view_train"]], onehot, f[ro["view_test"]]).argmax(1)
-        row[f"view_acc_{name}"] = float((pred == ro["view"][ro["view_test"]]).double().mean())
-        err = ridge(f[ro["ef_train"]], ef_tr[:, None], f[ro["ef_test"]])[:, 0] - ef_te
+        row[f"view_acc_{name}"] = float("nan")  # real data: no view labels
+        if ro["view"] is not None:
+            onehot = F.one_hot(ro["view"][ro["view_train"]], len(data.VIEWS)).double()
+            W, b, _ = ridge(f[ro["view_train"]], onehot)
+            pred = (f[ro["view_test"]] @ W + b).argmax(1)
+            row[f"view_acc_{name}"] = float((pred == ro["view"][ro["view_test"]]).double().mean())
+        W, b, _ = ridge(f[ro["ef_train"]], ef_tr[:, None])
+        err = (f[ro["ef_test"]] @ W + b)[:, 0] - ef_te
         row[f"ef_mae_{name}"] = float(err.abs().mean())
         row[f"ef_r2_{name}"] = float(1 - (err ** 2).sum() / ((ef_te - ef_te.mean()) ** 2).sum())
     row["ef_mae_meanpred"] = float((ef_te - ef_tr.mean()).abs().mean())  # the baseline of an EF read-out
     row["rankme"] = rankme(feats["mean"])
     row["seconds"] = time.perf_counter() - t0
-    line = (f"readout step {it:6d} | view acc {row['view_acc_mean']:.3f} (mean pool) {row['view_acc_grid']:.3f} (grid) | "
-          f"LVEF MAE {row['ef_mae_mean']:.2f} R2 {row['ef_r2_mean']:.2f} (mean) {row['ef_mae_grid']:.2f} R2 "
-          f"{row['ef_r2_grid']:.2f} (grid), mean predictor {row['ef_mae_meanpred']:.2f} | RankMe {row['rankme']:.1f} | "
-          f"{row['seconds']:.1f} s" + ("" if what == "target" else f" | {what}"))
+    views = "" if ro["view"] is None else \
+        f"view acc {row['view_acc_mean']:.3f} (mean pool) {row['view_acc_grid']:.3f} (grid) | "
+    line = (f"readout step {it:6d} | {views}LVEF MAE {row['ef_mae_mean']:.2f} R2 {row['ef_r2_mean']:.2f} (mean) "
+            f"{row['ef_mae_grid']:.2f} R2 {row['ef_r2_grid']:.2f} (grid), mean predictor {row['ef_mae_meanpred']:.2f} | "
+            f"RankMe {row['rankme']:.1f} | {row['seconds']:.1f} s" + ("" if what == "target" else f" | {what}")
+            + ("" if ro["source"] == "synthetic" else f" | {ro['source']}"))
     tqdm.write(line)
     if log_file is not None:
         log_file.write(line + "\n")
@@ -495,12 +509,15 @@ def readout(enc, it, what="target"):
     return row
 
 
-ro, log_file = None, None  # the read-out set, rendered at the first read-out; the training log (rank 0)
-if cfg.readout_only:  # read out saved checkpoints (e.g. --keep_ckpts files) or a random init, then exit
+ro, log_file = None, None  # the read-out set, built at the first read-out; the training log (rank 0)
+if cfg.readout_only:  # read out saved checkpoints (e.g. --keep_ckpts files), a random init or the pixels, then exit
     for path in cfg.readout_only:
-        if path == "random":  # the same weights as step 0 of a run with this --seed and --model
+        if path in ("random", "pixels"):  # random: the same weights as step 0 of a run with this --seed and --model
             torch.manual_seed(cfg.seed)
-            readout(Encoder(mcfg).to(device), 0, f"random init (seed {cfg.seed})")
+            if path == "pixels":
+                readout(None, 0, "pixels")
+            else:
+                readout(Encoder(mcfg).to(device), 0, f"random init (seed {cfg.seed})")
             continue
         try:
             ck = torch.load(path, map_location="cpu", weights_only=False)
@@ -598,8 +615,10 @@ bad_step = torch.full((), -1, device=device)  # first step with a non-finite los
 t_data, t_log, last_loss = 0.0, time.perf_counter(), float("nan")
 data_iter = iter(loader)
 readout_target = raw_encoder if mae else getattr(target_encoder, "_orig_mod", target_encoder)
-if master_process and cfg.eval_interval > 0 and step == 0:
+readouts = master_process and cfg.eval_interval > 0 and cfg.readout != "none"
+if readouts and step == 0:
     readout(readout_target, 0)
+    readout(None, 0, "pixels")  # the floor that needs no learning (the context encoder equals the target at step 0)
     t_log = time.perf_counter()
 while step < cfg.steps:
     t0 = time.perf_counter()
@@ -646,8 +665,10 @@ while step < cfg.steps:
         n_acc, t_data, t_log = 0, 0.0, time.perf_counter()
         if master_process and (step % cfg.ckpt_interval == 0 or last):
             save_checkpoint(step, last_loss)
-    if master_process and cfg.eval_interval > 0 and (step % cfg.eval_interval == 0 or step == cfg.steps):
+    if readouts and (step % cfg.eval_interval == 0 or step == cfg.steps):
         readout(readout_target, step)  # rank 0 only: the others wait for it at the next gradient all-reduce
+        if cfg.readout_context and not mae:
+            readout(raw_encoder, step, "context")
         t_log = time.perf_counter()  # the read-out's seconds are not training ms/step
     if stop:
         if master_process:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import CONFIGS, AttentiveProbe, Encoder, load_strict, strip_prefixes
+from model import CONFIGS, AttentiveProbe, Encoder, load_strict, pool_tokens, ridge, strip_prefixes
 
 # -----------------------------------------------------------------------------
 # config: every default here is the CPU quick start; each line is also a --flag
@@ -73,6 +73,8 @@ class Config:
     crop: int = 112                       # clip height = width (multiple of 16)
     fps: float = 8.0                      # target sampling rate of clip frames
     num_clips: int = 2                    # clips per video, their tokens concatenated (EchoJEPA: 2 segments)
+    probe: str = "auto"                   # linear (ridge on pooled tokens) | attentive (paper) | auto: linear below 100 % labels
+    probe_pos: bool = False               # attentive: add a fixed 3D sin-cos position to the tokens (official: off)
     probe_depth: int = 1                  # probe depth: depth-1 self-attention blocks + 1 cross-attention (paper: 4)
     probe_heads: int = 16                 # probe attention heads (the largest divisor of the width up to this)
     epochs: int = 20                      # probe training epochs
@@ -83,6 +85,7 @@ class Config:
     ckpt_probe: str = ""                  # evaluate this probe.pt or official V-JEPA 2/EchoJEPA probe, no training
     attn_maps: int = 0                    # write the best head's cross-attention maps of the first N test videos
     embed_map: bool = False               # write a PCA map of the mean-pooled test embeddings, print a silhouette
+    export_features: bool = False         # write pooled features of the labelled train items, val and test, then exit
     robustness: bool = False              # also evaluate on corrupted test sets (corrupt.py, SPEC section 8)
     corruptions: str = "da,gs"            # --robustness corruption kinds, comma-separated (corrupt.KINDS)
     levels: str = "low,med,high"          # --robustness severities, comma-separated (corrupt.LEVELS)
@@ -94,8 +97,8 @@ class Config:
     out_dir: str = ""                     # run folder ('' = out/probe_<task>, + _random with --random_init)
 
 
-# argparse built from the block above; the comment of each line becomes its --help
-HELP = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M))
+# argparse built from the block above; the comment of each line becomes its --help ('%' escaped: argparse formats it)
+HELP = {k: v.replace("%", "%%") for k, v in re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M)}
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 for f in fields(Config):
     if f.type is bool:
@@ -106,7 +109,7 @@ for f in fields(Config):
     elif f.type is tuple:
         parser.add_argument(f"--{f.name}", type=float, nargs="+", default=f.default, help=HELP[f.name])
     else:
-        choices = {"task": ["view", "lvef", "rvsp"], "model": [""] + sorted(CONFIGS),
+        choices = {"task": ["view", "lvef", "rvsp"], "model": [""] + sorted(CONFIGS), "probe": ["auto", "linear", "attentive"],
                    "train_domain": ["adult", "pediatric"], "eval_domain": ["", "adult", "pediatric"]}.get(f.name)
         parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name], choices=choices)
 cfg = Config(**vars(parser.parse_args()))
@@ -130,6 +133,12 @@ for p in cfg.eval_data:
         parser.error(f"--eval_data {p}: no such file or folder")
 if cfg.attn_maps < 0:
     parser.error(f"--attn_maps {cfg.attn_maps} must be >= 0")
+# the few-label default (README, 'Probing'): the linear probe read every encoder as well as or better than the
+# attentive one at 1 % labels; at 100 % the paper's attentive probe. A trained probe file is always attentive.
+probe_kind = "attentive" if cfg.ckpt_probe else cfg.probe if cfg.probe != "auto" else \
+    "linear" if cfg.label_frac < 1 else "attentive"
+if cfg.attn_maps and probe_kind == "linear":
+    parser.error("--attn_maps draws an attentive probe's attention: add --probe attentive")
 classification, multiview = cfg.task == "view", cfg.task == "rvsp"
 if cfg.robustness:
     import corrupt
@@ -323,6 +332,46 @@ def features(name, ds, indices, key_extra="", keep=True):
     return out
 
 
+token_grid = (cfg.frames // encoder.cfg.tubelet_size, cfg.crop // encoder.cfg.patch_size,
+              cfg.crop // encoder.cfg.patch_size)  # (T', H', W') of one clip's tokens
+
+
+def pooled(f, batch=64):
+    """model.pool_tokens of each clip's tokens, averaged over a video's clips, the views side by side (missing views
+    stay zero): dict(mean (n, V*D), grid (n, V*8D)) float64, computed once per feature dict. What --probe linear fits
+    and --export_features writes."""
+    if "pooled" not in f:
+        n, L, D = f["feats"].shape
+        V = f["present"].shape[1]
+        out = []
+        for i in range(0, n, batch):
+            z = f["feats"][i:i + batch].float().view(-1, L // (V * cfg.num_clips), D)  # (b*V*C, N, D)
+            p = pool_tokens(z, token_grid)
+            out.append({k: v.view(-1, V, cfg.num_clips, v.shape[-1]).mean(2).flatten(1).double() for k, v in p.items()})
+        f["pooled"] = {k: torch.cat([o[k] for o in out]) for k in ("mean", "grid")}
+    return f["pooled"]
+
+
+def export_features():
+    """--export_features: features.npz (mean, grid, label, split, video, study, present) and features.csv (one row
+    per video) of the labelled train items (--label_frac, --seed), every val and every test item."""
+    used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
+    sets = [("train", features("train", train_ds, used)), ("val", features("val", val_ds, range(len(val_ds)))),
+            ("test", features("test", test_ds, range(len(test_ds))))]
+    cat = lambda key: np.concatenate([np.asarray(f[key]) for _, f in sets])  # noqa: E731
+    split = np.concatenate([[name] * len(f["label"]) for name, f in sets])
+    out = dict(mean=np.concatenate([pooled(f)["mean"].numpy() for _, f in sets]),
+               grid=np.concatenate([pooled(f)["grid"].numpy() for _, f in sets]), label=cat("label"), split=split,
+               video=cat("video"), study=cat("study"), present=cat("present"))
+    np.savez(os.path.join(cfg.out_dir, "features.npz"), **out)
+    with open(os.path.join(cfg.out_dir, "features.csv"), "w", newline="") as fh:
+        csv.writer(fh).writerows([["row", "split", "video", "study", "label"]] + [
+            [i, s, v, st, lab] for i, (s, v, st, lab) in enumerate(zip(split, out["video"], out["study"], out["label"]))])
+    counts = ", ".join(f"{len(f['label'])} {name}" for name, f in sets)
+    print(f"features of {encoder_source}: {len(split)} videos ({counts}) | "
+          f"mean {out['mean'].shape[1]}-d, grid {out['grid'].shape[1]}-d | {cfg.out_dir}/features.npz, features.csv")
+
+
 # -----------------------------------------------------------------------------
 # probe heads: the lr x wd grid trained in parallel, one AdamW each, on the same batches of cached tokens
 
@@ -380,6 +429,7 @@ def train_heads(heads, grid, f, y):
                 losses[h] += loss.item() * len(idx) / n
             step += 1
         bar.set_postfix_str(f"train loss best head {losses.min():.3f}, worst {losses.max():.3f}")
+    return losses  # of the last epoch, per head
 
 
 @torch.no_grad()
@@ -589,148 +639,135 @@ def embed_map(f):
 
 
 # -----------------------------------------------------------------------------
-# the run, once per seed: features -> heads -> best on val -> test (-> corrupted test sets). A seed draws the label
-# subset, the probe init and batch order, and the random encoder; the splits (--data_seed) and, for a trained
-# encoder, every encoded clip stay the same, so --seeds measures the spread of the probe, not of the data.
+# the run, once per seed: encode -> fit -> select -> evaluate -> report. A seed draws the label subsets, the probe
+# init and batch order, and the random encoder; the splits (--data_seed) and, for a trained encoder, every encoded
+# clip stay the same, so --seeds measures the spread of the probe, not of the data.
 
-seeds, base_dir, runs = cfg.seeds or [cfg.seed], cfg.out_dir, []
-for i_seed, seed in enumerate(seeds):
-    cfg.seed = seed
-    encode_seconds[0] = 0.0
-    if len(seeds) > 1:
-        cfg.out_dir = os.path.join(base_dir, f"seed{seed}")
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        print(f"\n--- seed {seed} ({i_seed + 1} of {len(seeds)}): {cfg.out_dir}")
-    if cfg.random_init and i_seed > 0:  # a new random encoder per seed; its clips are encoded anew
-        encoder, encoder_source = load_encoder()
-        encoder = encoder.to(device).eval().requires_grad_(False)
-        weights_key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in encoder.state_dict().values())).hexdigest()
-    t_train, dim = 0.0, encoder.cfg.dim
-    nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
-    if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
-        try:
-            pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
-            sd = strip_prefixes(pk["classifiers"][0])
-            width = sd["pooler.query_tokens"].shape[-1]
-        except Exception as e:
-            fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint (a 'classifiers' list of pooler.* / linear.* "
-                 f"state dicts; {type(e).__name__}: {e})")
-        if width != dim:
-            fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {width}, this encoder's width is {dim} "
-                 f"({encoder_source})")
-        if "probe_args" in pk:  # ours (probe.py)
-            args, grid, zstats, val_metrics, n_used = (pk["probe_args"], [tuple(g) for g in pk["grid"]], pk["zscore"],
-                                                       pk["val"], pk.get("n_train"))
-            if pk["config"]["task"] != cfg.task:
-                fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
-            if pk.get("encoder", encoder_source) != encoder_source:  # allowed (same width), but say so
-                print(f"note: --ckpt_probe {cfg.ckpt_probe} was trained on the features of {pk['encoder']}, "
-                      f"not of {encoder_source}")
-        else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
-            args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
-                        depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
-                        num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
-            grid, val_metrics, n_used, zstats = [], None, None, None
-            if (args["num_outputs"] > 1) != classification or (args["num_views"] > 0) != multiview:
-                fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs and {args['num_views']} view slots: "
-                     f"not a --task {cfg.task} probe")
-            if len(pk["classifiers"]) > 1:
-                print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
-            if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
-                zstats = zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
-                print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
-                      f"(mean {zstats[0]:.3f}, std {zstats[1]:.3f})")
-        check_fit(args["num_outputs"], args.get("num_views", 0))
-        if multiview and args["num_clips"] != cfg.num_clips:  # else its slot embeddings would land on the wrong tokens
-            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_clips']} clip slots per view, this run encodes "
-                 f"{cfg.num_clips}: pass --num_clips {args['num_clips']}")
-        heads = [AttentiveProbe(**args).to(device)]
-        try:
-            load_strict(heads[0], sd, f"--ckpt_probe {cfg.ckpt_probe}")
-        except ValueError as e:
-            fail(str(e))
-    else:
-        used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
-        n_used = len(used)
-        with open(os.path.join(cfg.out_dir, "train_subset.csv"), "w", newline="") as fh:
-            csv.writer(fh).writerows([["index", "video", "label"]] + [[i, train_ds.rows[i][3], train_ds.labels[i]]
-                                                                      for i in used])
-        tr = features("train", train_ds, used)
-        va = features("val", val_ds, range(len(val_ds)))
-        zstats = None if classification else zscore_stats(tr["label"].numpy())
-        y = tr["label"] if classification else torch.from_numpy(zscore(tr["label"].numpy(), zstats)).float()
-        args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth,
-                    heads=nh, num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips)
-        grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
-        torch.manual_seed(cfg.seed)
-        heads = [AttentiveProbe(**args).to(device) for _ in grid]
-        print(f"probe {cfg.task} | encoder {encoder_source} | {n_used}/{len(train_ds)} train items "
-              f"(label_frac {cfg.label_frac}) | {len(grid)} heads x {cfg.epochs} epochs | probe depth "
-              f"{cfg.probe_depth}, {nh} heads | tokens/item {tr['feats'].shape[1]} x {dim}")
-        t0 = time.time()
-        train_heads(heads, grid, tr, y.to(device))
-        t_train = time.time() - t0
-        val_out = predict(heads, va)
-        val_all = [evaluate(o, va, zstats) for o in val_out]
-        order = sorted(range(len(heads)), key=lambda h: (-val_all[h][0]["accuracy"], h) if classification
-                       else (val_all[h][0]["mae"], h))  # best first
-        heads, grid = [heads[h] for h in order], [grid[h] for h in order]
-        val_metrics = [dict(lr=grid[i][0], wd=grid[i][1], **val_all[h][0]) for i, h in enumerate(order)]
-        write_predictions("val", val_all[order[0]][1])
-        # classifiers: every head's state dict, best on val first (grid and val list the same order)
-        torch.save(dict(classifiers=[h.state_dict() for h in heads], grid=grid, val=val_metrics, zscore=zstats,
-                        probe_args=args, n_train=n_used, encoder=encoder_source, config=asdict(cfg)),
-                   os.path.join(cfg.out_dir, "probe.pt"))
 
-    best = heads[0].eval()
+def load_probe():
+    """--ckpt_probe: (the trained attentive head, its metadata) from probe.py's probe.pt or an official probe file."""
+    try:
+        pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
+        sd = strip_prefixes(pk["classifiers"][0])
+        width = sd["pooler.query_tokens"].shape[-1]
+    except Exception as e:
+        fail(f"--ckpt_probe {cfg.ckpt_probe}: not a probe checkpoint (a 'classifiers' list of pooler.* / linear.* "
+             f"state dicts; {type(e).__name__}: {e})")
+    if width != dim:
+        fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {width}, this encoder's width is {dim} "
+             f"({encoder_source})")
+    if "probe_args" in pk:  # ours (probe.py)
+        args, meta = pk["probe_args"], dict(grid=[tuple(g) for g in pk["grid"]], zscore=pk["zscore"], val=pk["val"],
+                                            n_train=pk.get("n_train"))
+        if pk["config"]["task"] != cfg.task:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
+        if pk.get("encoder", encoder_source) != encoder_source:  # allowed (same width), but say so
+            print(f"note: --ckpt_probe {cfg.ckpt_probe} was trained on the features of {pk['encoder']}, "
+                  f"not of {encoder_source}")
+    else:  # official (V-JEPA 2 evals, DDP 'module.' keys): sizes read off the weights, heads from --probe_heads
+        args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
+                    depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
+                    num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
+        meta = dict(grid=[], zscore=None, val=None, n_train=None)
+        if (args["num_outputs"] > 1) != classification or (args["num_views"] > 0) != multiview:
+            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs and {args['num_views']} view slots: "
+                 f"not a --task {cfg.task} probe")
+        if len(pk["classifiers"]) > 1:
+            print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
+        if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
+            meta["zscore"] = zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
+            print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
+                  f"(mean {meta['zscore'][0]:.3f}, std {meta['zscore'][1]:.3f})")
+    check_fit(args["num_outputs"], args.get("num_views", 0))
+    if multiview and args["num_clips"] != cfg.num_clips:  # else its slot embeddings would land on the wrong tokens
+        fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_clips']} clip slots per view, this run encodes "
+             f"{cfg.num_clips}: pass --num_clips {args['num_clips']}")
+    head = AttentiveProbe(**args).to(device)
+    try:
+        load_strict(head, sd, f"--ckpt_probe {cfg.ckpt_probe}")
+    except ValueError as e:
+        fail(str(e))
+    return head, meta
+
+
+def fit_linear(tr, y):
+    """--probe linear: closed-form ridge (model.ridge) on each pooling of the labelled videos' tokens; the pooling
+    and lambda with the smallest leave-one-out error win. Selection from the train labels alone: no val labels."""
+    x = pooled(tr)
+    t = F.one_hot(y.long(), train_ds.num_classes).double() if classification else y.double()[:, None]
+    fits = {p: ridge(x[p], t) for p in x}
+    pool = min(fits, key=lambda p: fits[p][2])
+    return dict(pool=pool, W=fits[pool][0], b=fits[pool][1], loo={p: fit[2] for p, fit in fits.items()})
+
+
+def fit_attentive(tr, y, va):
+    """The lr x wd grid of attentive heads, trained in parallel, sorted best first on the val subset."""
+    args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth, heads=nh,
+                num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips,
+                pos_grid=token_grid if cfg.probe_pos else None)
+    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
+    torch.manual_seed(cfg.seed)
+    heads = [AttentiveProbe(**args).to(device) for _ in grid]
+    train_loss = train_heads(heads, grid, tr, y.to(device))
+    outs = predict(heads, va)
+    yv = va["label"] if classification else torch.from_numpy(zscore(va["label"].numpy(), zstats)).float()
+    val = [dict(lr=lr, wd=wd, train_loss=float(tl), val_loss=float(loss_fn(o, yv)), **evaluate(o, va, zstats)[0])
+           for (lr, wd), tl, o in zip(grid, train_loss, outs)]
+    order = sorted(range(len(heads)), key=lambda h: (-val[h]["accuracy"], h) if classification else (val[h]["mae"], h))
+    write_predictions("val", evaluate(outs[order[0]], va, zstats)[1])
+    heads, grid, val = [heads[h] for h in order], [grid[h] for h in order], [val[h] for h in order]
+    # classifiers: every head's state dict, best on val first (grid and val list the same order)
+    torch.save(dict(classifiers=[h.state_dict() for h in heads], grid=grid, val=val, zscore=zstats,
+                    probe_args={k: v for k, v in args.items() if k != "pos_grid" or v}, n_train=len(tr["label"]),
+                    encoder=encoder_source, config=asdict(cfg)), os.path.join(cfg.out_dir, "probe.pt"))
+    return heads[0].eval(), grid, val
+
+
+def evaluate_all(predict_fn):
+    """Test (kept for the pictures), every --eval_data set (evaluated once, not kept) and, with --robustness, the
+    corrupted test sets: (results {name: metrics}, external {name: metrics}, test features)."""
     results, external, te = {}, {}, None
-    for name, (src, ds) in {"test": (cfg.data, test_ds), **ext}.items():  # built-in test, then --eval_data (as is)
-        f = features(name, ds, range(len(ds)), keep=name == "test")  # --eval_data sets: evaluated once, not kept
+    for name, (src, ds) in {"test": (cfg.data, test_ds), **ext}.items():
+        f = features(name, ds, range(len(ds)), keep=name == "test")
         te = f if name == "test" else te
-        m, rows = evaluate(predict([best], f)[0], f, zstats)
+        m, rows = evaluate(predict_fn(f), f, zstats)
         write_predictions(name, rows)
         if classification:
             confusion_png(os.path.join(cfg.out_dir, f"confusion_{name}.png"), m["confusion"])
         if name == "test":
             results["test"] = m
-        else:  # evaluated once: free the memory
+        else:
             external[name] = dict(data=src, **m)
-
     if cfg.robustness:  # same probe, test videos corrupted on the fly (one static map per video, SPEC section 8)
         for kind in kinds:
             for level in levels:
                 fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
                 ds = dataset("test", cfg.eval_domain, cfg.data, frame_fn=fn)
                 f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level), keep=False)
-                results[f"{kind}_{level}"] = evaluate(predict([best], f)[0], f, zstats)[0]
-    if cfg.attn_maps:
-        attention_maps(best, te, test_ds, cfg.attn_maps)
-    embed_info = embed_map(te) if cfg.embed_map else None
+                results[f"{kind}_{level}"] = evaluate(predict_fn(f), f, zstats)[0]
+    return results, external, te
 
-    # -----------------------------------------------------------------------------
-    # report: metrics.json and one summary table
 
+def report(results, external, what, n_labels, val_metrics, best_hp):
+    """metrics.json and one summary table; returns the summary."""
     key = "accuracy" if classification else "mae"
     clean = results["test"][key]
     for name, m in results.items():  # relative degradation: MAE increase / accuracy drop, % of clean
         if name != "test":
             m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
     avg_deg = float(np.mean([m["degradation_pct"] for n, m in results.items() if n != "test"])) if cfg.robustness else None
-    summary = dict(task=cfg.task, encoder=encoder_source, label_frac=cfg.label_frac, n_train=n_used,
-                   best=dict(lr=grid[0][0], wd=grid[0][1]) if grid else None, val=val_metrics, test=results.pop("test"),
-                   external=external or None, robustness=results or None, avg_degradation_pct=avg_deg,
-                   embed_map=embed_info, train_domain=cfg.train_domain,
-                   eval_domain=cfg.eval_domain, seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)),
-                   config=asdict(cfg))
+    summary = dict(task=cfg.task, encoder=encoder_source, probe=what, label_frac=cfg.label_frac, labels=n_labels,
+                   n_train=n_labels.get("train"), best=best_hp, val=val_metrics, test=results.pop("test"), external=external or None,
+                   robustness=results or None, avg_degradation_pct=avg_deg, embed_map=embed_info,
+                   train_domain=cfg.train_domain, eval_domain=cfg.eval_domain,
+                   seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)), config=asdict(cfg))
     with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
-
-    cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
     unit = "" if classification else (" (EF points)" if cfg.task == "lvef" else " (mmHg)")
-    print(f"\n{cfg.task} probe{unit} | {encoder_source} | " + (f"{n_used} train items | " if n_used else "")
-          + (f"best head lr {grid[0][0]:g} wd {grid[0][1]:g}" if grid else f"official probe {cfg.ckpt_probe}")
+    seen = " + ".join(f"{v} {k}" for k, v in n_labels.items())
+    print(f"\n{cfg.task} probe{unit} | {encoder_source} | {what}" + (f" | labels seen: {seen}" if seen else "")
           + f" | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
-    table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0])] if val_metrics else []
+    table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0])] if val_metrics and "n" in val_metrics[0] else []
     table += [(f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
     table += [(f"  {n.split('_')[0].upper()} {n.split('_')[1]}", m) for n, m in results.items()]
     table += list(external.items())  # --eval_data sets: their paths are in metrics.json
@@ -741,13 +778,72 @@ for i_seed, seed in enumerate(seeds):
               + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
     if cfg.robustness:
         print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")
-    if n_used and n_used < 50:  # measured: 12 labels, one encoder, seeds 0-2 gave test accuracy 0.24 / 0.37 / 0.34
-        print(f"note: {n_used} labelled train items: results move by several points with --seed alone (README, "
-              "'Measured'); compare encoders over a few seeds")
+    if n_labels.get("train", 50) < 50:  # measured: 12 labels, one encoder, seeds 0-2 gave test accuracy 0.24 / 0.37 / 0.34
+        print(f"note: {n_labels['train']} labelled train items: results move by several points with --seed alone "
+              "(README, 'Measured'); compare encoders over a few seeds")
     if not classification and summary["test"]["r2"] <= 0:  # a constant predictor is perfectly 'robust': say so
         print("note: test R2 <= 0, the probe predicts about the train mean; more labels (--label_frac) or epochs "
               "are needed before these numbers say anything about the encoder")
-    runs.append(summary)
+    return summary
+
+
+dim = encoder.cfg.dim
+nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
+cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
+if cfg.export_features:
+    export_features()
+    sys.exit(0)
+seeds, base_dir, runs = cfg.seeds or [cfg.seed], cfg.out_dir, []
+for i_seed, seed in enumerate(seeds):
+    cfg.seed, encode_seconds[0], t_train = seed, 0.0, 0.0
+    if len(seeds) > 1:
+        cfg.out_dir = os.path.join(base_dir, f"seed{seed}")
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        print(f"\n--- seed {seed} ({i_seed + 1} of {len(seeds)}): {cfg.out_dir}")
+    if cfg.random_init and i_seed > 0:  # a new random encoder per seed; its clips are encoded anew
+        encoder, encoder_source = load_encoder()
+        encoder = encoder.to(device).eval().requires_grad_(False)
+        weights_key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in encoder.state_dict().values())).hexdigest()
+    if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
+        best, meta = load_probe()
+        zstats, val_metrics, n_labels = meta["zscore"], meta["val"], {"train": meta["n_train"]} if meta["n_train"] else {}
+        best_hp = dict(lr=meta["grid"][0][0], wd=meta["grid"][0][1]) if meta["grid"] else None
+        what = f"best head lr {meta['grid'][0][0]:g} wd {meta['grid'][0][1]:g}" if meta["grid"] else \
+            f"official probe {cfg.ckpt_probe}"
+        predict_fn = lambda f: predict([best], f)[0]  # noqa: E731
+    else:  # encode the labelled subset, fit, select
+        used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
+        with open(os.path.join(cfg.out_dir, "train_subset.csv"), "w", newline="") as fh:
+            csv.writer(fh).writerows([["index", "video", "label"]] + [[i, train_ds.rows[i][3], train_ds.labels[i]]
+                                                                      for i in used])
+        tr = features("train", train_ds, used)
+        zstats = None if classification else zscore_stats(tr["label"].numpy())
+        y = tr["label"] if classification else torch.from_numpy(zscore(tr["label"].numpy(), zstats)).float()
+        n_labels, t0 = {"train": len(used)}, time.time()
+        print(f"probe {cfg.task} | encoder {encoder_source} | {probe_kind} | {len(used)}/{len(train_ds)} train items "
+              f"(label_frac {cfg.label_frac}) | tokens/item {tr['feats'].shape[1]} x {dim}")
+        if probe_kind == "linear":
+            lin = fit_linear(tr, y)
+            val_metrics, best_hp = [dict(pool=lin["pool"], loo_mse=lin["loo"])], dict(pool=lin["pool"])
+            what = f"linear probe (ridge on {lin['pool']}-pooled tokens, LOO MSE " + \
+                ", ".join(f"{p} {v:.4f}" for p, v in lin["loo"].items()) + ")"
+            predict_fn = lambda f: (pooled(f)[lin["pool"]] @ lin["W"] + lin["b"]).float()  # noqa: E731
+        else:  # val labels drawn at the same fraction as the train labels (of a train-sized pool): honest at 1 %
+            val_used = label_subset(val_ds.labels, min(1.0, cfg.label_frac * len(train_ds) / len(val_ds)),
+                                    cfg.seed + 1, classification)
+            n_labels["val"] = len(val_used)
+            print(f"{len(cfg.lrs) * len(cfg.wds)} heads x {cfg.epochs} epochs | probe depth {cfg.probe_depth}, {nh} "
+                  f"heads | best head chosen on {len(val_used)}/{len(val_ds)} val items")
+            best, grid, val_metrics = fit_attentive(tr, y, features("val", val_ds, val_used))
+            best_hp = dict(lr=grid[0][0], wd=grid[0][1])
+            what = f"attentive probe, best head lr {grid[0][0]:g} wd {grid[0][1]:g}"
+            predict_fn = lambda f: predict([best], f)[0]  # noqa: E731
+        t_train = time.time() - t0
+    results, external, te = evaluate_all(predict_fn)
+    if cfg.attn_maps:
+        attention_maps(best, te, test_ds, cfg.attn_maps)
+    embed_info = embed_map(te) if cfg.embed_map else None
+    runs.append(report(results, external, what, n_labels, val_metrics, best_hp))
 
 # -----------------------------------------------------------------------------
 # over seeds: mean +- sd (sample sd) and every seed's value, in metrics_seeds.json
@@ -758,10 +854,10 @@ if len(seeds) > 1:
         agg["avg_degradation_pct"] = [r["avg_degradation_pct"] for r in runs]
     agg = {c: dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)), values=v) for c, v in agg.items()}
     with open(os.path.join(base_dir, "metrics_seeds.json"), "w") as fh:
-        json.dump(dict(task=cfg.task, encoder=runs[0]["encoder"], seeds=seeds, test=agg,
+        json.dump(dict(task=cfg.task, encoder=runs[0]["encoder"], probe=probe_kind, seeds=seeds, test=agg,
                        runs=[os.path.join(base_dir, f"seed{s}") for s in seeds]), fh, indent=1)
-    print(f"\n{cfg.task} probe over {len(seeds)} seeds | " + ("random init, a new encoder per seed" if cfg.random_init
-                                                            else runs[0]["encoder"]) + f" | {base_dir}/metrics_seeds.json")
+    print(f"\n{cfg.task} {probe_kind} probe over {len(seeds)} seeds | " + (
+        "random init, a new encoder per seed" if cfg.random_init else runs[0]["encoder"]) + f" | {base_dir}/metrics_seeds.json")
     for c, m in agg.items():
         print(f"test {c:<20} {m['mean']:.4f} +- {m['sd']:.4f}   (" +
               ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(seeds, m["values"])) + ")")

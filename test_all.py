@@ -3,6 +3,7 @@ All tests of nano-EchoJEPA, CPU only, under 45 s on 2 cores (about 36 s measured
 
     python test_all.py            # every test; last line "N passed, M failed"
     python test_all.py mask ema   # only tests whose name contains one of the words
+    python test_all.py --help     # this text
     pytest test_all.py            # pytest collects the same test_* functions
 
 Each test is a plain function with bare asserts, so pytest is not a dependency.
@@ -351,7 +352,7 @@ def pretrain_namespace(**cfg_kw):
     c = dict(warmup=10, steps=100, cooldown=20, lr=1e-3, start_lr=1e-4, final_lr=1e-5, ema=(0.99, 1.0),
              fused_ema=True, objective="jepa", reg_coeff=0.0)
     c.update(cfg_kw)
-    return script_functions("pretrain.py", ["get_lr", "get_ema", "jepa_loss", "mae_loss", "train_step", "step_flops"],
+    return script_functions("pretrain.py", ["get_lr", "get_ema", "jepa_loss", "tubelets", "mae_loss", "train_step", "step_flops"],
                             cfg=types.SimpleNamespace(**c), torch=torch, F=F, ema_update=model.ema_update)
 
 
@@ -513,6 +514,19 @@ def run_script(path, args, signal_at=None):
     return code, out.getvalue(), err.getvalue()
 
 
+def fork(fn):
+    """Run fn() in a forked copy of this process (torch already imported: no ~2.5 s re-import) and return the
+    child's pid; the child exits with fn's return value (1 if it raises) and never returns into the runner."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = fn() or 0
+        finally:
+            os._exit(code)
+    return pid
+
+
 def logged_losses(folder):
     return {int(line.split()[1]): line.split("| loss ")[1].split()[0]
             for line in open(os.path.join(folder, "log.txt")) if line.startswith("step")}
@@ -612,15 +626,13 @@ def test_checkpoint_survives_kill_mid_save():
                               dataset=[0], world_size=1, mae=False, get_lr=lambda it: 0.0, asdict=lambda c: {},
                               fail=print)
         r, w = os.pipe()
-        pid = os.fork()  # the writer: a forked copy of this process (no second torch import), killed mid-save
-        if pid == 0:
-            try:
-                os.close(r)
-                for i in range(1000):
-                    ns["save_checkpoint"](i, 0.0)
-                    os.write(w, b"x")  # one byte per finished save
-            finally:
-                os._exit(0)  # never return into the test runner
+
+        def writer():
+            os.close(r)
+            for i in range(1000):
+                ns["save_checkpoint"](i, 0.0)
+                os.write(w, b"x")  # one byte per finished save
+        pid = fork(writer)  # killed mid-save below
         os.close(w)
         assert os.read(r, 1) and os.read(r, 1) and os.read(r, 1)  # 3 saves done
         time.sleep(0.05)  # somewhere inside the next save
@@ -642,22 +654,16 @@ def test_ddp_equivalence_gloo():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        pids = []
-        for r in range(2):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    torch.set_num_threads(1)
-                    os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-                    code, out, err = run_script("pretrain.py", [*common, "--batch_size", "1", "--out_dir",
-                                                                os.path.join(d, "ddp")])
-                    with open(os.path.join(d, f"rank{r}.err"), "w") as f:
-                        f.write("\n".join(l for l in err.splitlines() if "it/s" not in l))  # no tqdm bars
-                finally:
-                    os._exit(code)
-            pids.append(pid)
+
+        def rank(r):
+            torch.set_num_threads(1)
+            os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            code, out, err = run_script("pretrain.py", [*common, "--batch_size", "1", "--out_dir", os.path.join(d, "ddp")])
+            with open(os.path.join(d, f"rank{r}.err"), "w") as f:
+                f.write("\n".join(l for l in err.splitlines() if "it/s" not in l))  # no tqdm bars
+            return code
+        pids = [fork(lambda r=r: rank(r)) for r in range(2)]
         for r, pid in enumerate(pids):  # not concurrently with anything else: 2 cores, oversubscribed threads crawl
             status = os.waitpid(pid, 0)[1]
             assert os.waitstatus_to_exitcode(status) == 0, open(os.path.join(d, f"rank{r}.err")).read()[-6000:]
@@ -1175,24 +1181,17 @@ PROBE_TINY = ["--random_init", "--frames", "2", "--crop", "32", "--n_train", "12
 
 
 def run_probe(args):
-    """probe.py as __main__ in this process (no second torch import): (exit code, stderr). A clean error exits
-    through SystemExit; anything else (a traceback) propagates and fails the test."""
-    import io
-    argv, err = sys.argv, io.StringIO()
-    sys.argv, code = ["probe.py", *PROBE_TINY, *args], 0
-    try:
-        with one_thread(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            run_main("probe.py")
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
+    """probe.py as __main__ in this process on one thread, after PROBE_TINY: (exit code, stderr). A clean error
+    exits through SystemExit; anything else (a traceback) propagates and fails the test."""
+    with one_thread():
+        code, out, err = run_script("probe.py", [*PROBE_TINY, *args])
+    return code, err
 
 
 def test_probe_runs_and_bad_inputs():
     with tempfile.TemporaryDirectory() as d:
-        code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--out_dir", os.path.join(d, "rvsp"),
+        code, err = run_probe(["--task", "rvsp", "--lrs", "1e-4", "--wds", "0.1", "0.4", "--probe", "attentive",
+                               "--out_dir", os.path.join(d, "rvsp"),
                                "--attn_maps", "6", "--embed_map"])  # multi-view pictures: first view, quintiles
         assert code == 0, err[-2000:]
         assert len(os.listdir(os.path.join(d, "rvsp", "attn_maps"))) == 2 * 6
@@ -1213,8 +1212,8 @@ def test_probe_runs_and_bad_inputs():
             code, err = run_probe([*args, "--out_dir", os.path.join(d, "x")])
             last = err.strip().splitlines()[-1]
             assert code != 0 and want in last and "error" in last, (args, err[-500:])  # one clear line
-        code, out, err = run_script("probe.py", [*PROBE_TINY, "--task", "view", "--label_frac", "0.5", "--out_dir",
-                                                 os.path.join(d, "view")])
+        code, out, err = run_script("probe.py", [*PROBE_TINY, "--task", "view", "--label_frac", "0.5", "--probe",
+                                                 "attentive", "--out_dir", os.path.join(d, "view")])
         assert code == 0, err[-2000:]
         assert "note: 12 labelled train items: results move by several points with --seed" in out
         for task, n_out, n_heads in (("view", len(data.VIEWS), 6), ("rvsp", 1, 2)):
@@ -1414,7 +1413,10 @@ def test_readout_ridge_loo_and_rankme():
     """The read-out's ridge picks the lambda whose leave-one-out error, by brute-force refits, is smallest (its
     hat-matrix shortcut is exact), and recovers a linear map; RankMe is ~1 for a collapsed embedding and large for
     an isotropic one."""
-    ns = script_functions("pretrain.py", ["ridge", "rankme"], torch=torch, np=np)
+    def fit_predict(x, y, xt, **k):
+        W, b, _ = model.ridge(x, y, **k)
+        return xt @ W + b
+    ns = dict(ridge=fit_predict, rankme=model.rankme)
     g = torch.Generator().manual_seed(0)
     f64 = dict(generator=g, dtype=torch.float64)
     x, w = torch.randn(30, 20, **f64), torch.randn(20, 2, **f64)
@@ -1437,6 +1439,7 @@ def test_readout_ridge_loo_and_rankme():
     assert not torch.allclose(ns["ridge"](x, y, xt, lams=[lams[0]]), ns["ridge"](x, y, xt, lams=[best]))
     p = ns["ridge"](x, y, x)
     assert ((p - y) ** 2).mean() < 0.5 * ((y - y.mean(0)) ** 2).mean()  # explains most of the variance
+    assert abs(model.ridge(x, y, lams=lams)[2] - min(errs) / (len(x) * 2)) < 1e-9  # its LOO mean squared error
     line = torch.randn(50, 1, **f64) @ torch.randn(1, 16, **f64)
     assert ns["rankme"](line) < 1.1 and ns["rankme"](torch.randn(500, 16, **f64)) > 14
 
@@ -1446,26 +1449,58 @@ def test_pretrain_readout_curve_and_checkpoints():
     --readout_only reproduces step 0 from 'random' and the last row from the saved checkpoint."""
     with tempfile.TemporaryDirectory() as d:
         ro = ["--eval_interval", "2", "--readout_n", "1"]
-        rc, out, err = run_script("pretrain.py", [*TINY_RUN, *ro, "--steps", "3", "--out_dir", d])
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, *ro, "--steps", "3", "--readout_context", "--out_dir", d])
         assert rc == 0, err[-2000:]
         rows = list(csv.DictReader(open(os.path.join(d, "readout.csv"))))
-        assert [int(r["step"]) for r in rows] == [0, 2, 3] and all(r["encoder"] == "target" for r in rows)
+        assert [(int(r["step"]), r["encoder"]) for r in rows] == [(0, "target"), (0, "pixels"), (2, "target"),
+                                                                 (2, "context"), (3, "target"), (3, "context")]
+        pixels, context = rows.pop(1), rows.pop(2)
+        assert float(pixels["rankme"]) > 1 and float(context["rankme"]) != float(rows[1]["rankme"])
+        rows.pop(-1)  # [step 0, 2, 3] of the target
         assert "readout step      0 | view acc" in open(os.path.join(d, "log.txt")).read()
         for r in rows:
             assert 0 <= float(r["view_acc_mean"]) <= 1 and 0 <= float(r["view_acc_grid"]) <= 1
             assert float(r["ef_mae_meanpred"]) > 0 and 1 <= float(r["rankme"]) <= 192
         rc, out, err = run_script("pretrain.py", [*TINY_RUN, *ro, "--out_dir", os.path.join(d, "again"),
-                                                  "--readout_only", "random", os.path.join(d, "ckpt.pt")])
+                                                  "--readout_only", "random", os.path.join(d, "ckpt.pt"), "pixels"])
         assert rc == 0, err[-2000:]
         again = list(csv.DictReader(open(os.path.join(d, "again", "readout.csv"))))
         assert again[0]["encoder"] == "random init (seed 0)" and again[1]["step"] == "3"
-        for a, b in ((again[0], rows[0]), (again[1], rows[2])):
+        for a, b in ((again[0], rows[0]), (again[1], rows[2]), (again[2], pixels)):
             for k in a:
                 if k not in ("encoder", "seconds"):
                     assert abs(float(a[k]) - float(b[k])) < 1e-4, (k, a[k], b[k])
         assert any(float(rows[0][k]) != float(rows[2][k]) for k in ("ef_mae_grid", "rankme"))  # it moved
         rc, out, err = run_script("pretrain.py", [*TINY_RUN, "--readout_only", os.path.join(d, "log.txt")])
         assert rc != 0 and "not a pretrain.py checkpoint" in err.strip().splitlines()[-1]
+
+
+def test_pretrain_readout_on_user_data_and_none():
+    """--data with a labelled VAL split (an EchoNet FileList): the read-out scores LVEF on those videos (no view
+    columns) and says so; --readout none skips it; --readout data without labels is one clear error line."""
+    with tempfile.TemporaryDirectory() as d:
+        os.makedirs(os.path.join(d, "echo", "Videos"))
+        rng = np.random.default_rng(0)
+        with open(os.path.join(d, "echo", "FileList.csv"), "w") as f:
+            f.write("FileName,EF,Split\n")
+            for i, split in enumerate(["TRAIN"] * 2 + ["VAL"] * 6):
+                data.write_video(os.path.join(d, "echo", "Videos", f"v{i}.avi"),
+                                 rng.integers(0, 255, (8, 64, 64), dtype=np.uint8), 50)
+                f.write(f"v{i},{30 + 5 * i},{split}\n")
+        run = ["--data", os.path.join(d, "echo"), "--eval_interval", "1", "--steps", "1", "--readout_n", "1"]
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, *run, "--out_dir", os.path.join(d, "a")])
+        assert rc == 0, err[-2000:]
+        rows = list(csv.DictReader(open(os.path.join(d, "a", "readout.csv"))))
+        assert [(r["step"], r["encoder"]) for r in rows] == [("0", "target"), ("0", "pixels"), ("1", "target")]
+        assert all(math.isnan(float(r["view_acc_mean"])) and math.isfinite(float(r["ef_mae_grid"])) for r in rows)
+        assert "VAL (6 labelled videos)" in open(os.path.join(d, "a", "log.txt")).read()
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, *run, "--readout", "none", "--out_dir", os.path.join(d, "b")])
+        assert rc == 0 and not os.path.exists(os.path.join(d, "b", "readout.csv")), err[-2000:]
+        with open(os.path.join(d, "echo", "FileList.csv"), "w") as f:  # no VAL rows: --readout data cannot run
+            f.write("FileName,EF,Split\nv0,30,TRAIN\nv1,35,TRAIN\n")
+        rc, out, err = run_script("pretrain.py", [*TINY_RUN, *run, "--readout", "data", "--out_dir", os.path.join(d, "c")])
+        last = err.strip().splitlines()[-1]
+        assert rc != 0 and "--readout data: no labelled VAL split" in last, last
 
 
 def test_jepa_variance_hinge():
@@ -1524,17 +1559,65 @@ def test_probe_seeds_reuse_encoded_clips():
             assert abs(m["test"]["accuracy"]["sd"] - np.std(acc, ddof=1)) < 1e-9
             subsets = [open(os.path.join(d, name, f"seed{s}", "train_subset.csv")).read() for s in (0, 1)]
             assert subsets[0] != subsets[1]  # each seed draws its own labelled videos
-            # trained: 2 train subsets + val + test; random: everything twice (a new encoder per seed)
-            assert len(os.listdir(cache)) == (4 if name == "trained" else 6), os.listdir(cache)
-        code, err = run_probe(["--seeds", "0", "1", "--ckpt_probe", os.path.join(d, "random", "seed0", "probe.pt"),
+            # linear probe (no val): trained: 2 train subsets + test; random: both twice (a new encoder per seed)
+            assert len(os.listdir(cache)) == (3 if name == "trained" else 4), os.listdir(cache)
+        code, err = run_probe(["--seeds", "0", "1", "--ckpt_probe", ck,
                                "--out_dir", os.path.join(d, "x")])
         assert code != 0 and "--ckpt_probe evaluates a trained probe" in err.strip().splitlines()[-1]
+
+
+def test_probe_export_features_is_what_linear_fits():
+    """--export_features works for --random_init, --ckpt (pretrain.py) and --init (official keys), and the exported
+    pooled features are exactly what --probe linear fits: model.ridge on the npz reproduces its test predictions."""
+    with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(1)
+        sd = Encoder(CONFIGS["vitq"]).state_dict()
+        torch.save(dict(target_encoder=sd, config=dict(model="vitq")), os.path.join(d, "ckpt.pt"))
+        torch.save(dict(target_encoder={f"module.backbone.{k}": v for k, v in sd.items()}), os.path.join(d, "off.pt"))
+        npz = {}
+        for name, src in (("random", []), ("ckpt", ["--no-random_init", "--ckpt", os.path.join(d, "ckpt.pt")]),
+                          ("init", ["--no-random_init", "--init", os.path.join(d, "off.pt")])):
+            code, err = run_probe(["--task", "lvef", "--label_frac", "0.5", *src, "--export_features",
+                                   "--out_dir", os.path.join(d, name)])
+            assert code == 0, err[-2000:]
+            npz[name] = dict(np.load(os.path.join(d, name, "features.npz")))
+            rows = open(os.path.join(d, name, "features.csv")).read().splitlines()
+            assert rows[0] == "row,split,video,study,label" and len(rows) == 1 + len(npz[name]["label"])
+        z = npz["ckpt"]
+        assert all(np.array_equal(z[k], npz["init"][k]) for k in z)  # the same weights, either file format
+        assert not np.allclose(z["mean"], npz["random"]["mean"])
+        assert list(np.unique(z["split"])) == ["test", "train", "val"] and (z["split"] == "test").sum() == 6
+        assert z["grid"].shape[1] == 8 * z["mean"].shape[1] == 8 * 192 and np.isfinite(z["grid"]).all()
+        code, err = run_probe(["--task", "lvef", "--label_frac", "0.5", "--no-random_init", "--ckpt",
+                               os.path.join(d, "ckpt.pt"), "--probe", "linear", "--out_dir", os.path.join(d, "lin")])
+        assert code == 0, err[-2000:]
+        pool = json.load(open(os.path.join(d, "lin", "metrics.json")))["best"]["pool"]
+        tr, te = z["split"] == "train", z["split"] == "test"
+        W, b, _ = model.ridge(torch.from_numpy(z[pool][tr]), torch.from_numpy(z["label"][tr].astype(float))[:, None])
+        want = (torch.from_numpy(z[pool][te]) @ W + b)[:, 0].numpy()
+        with open(os.path.join(d, "lin", "test_predictions.csv")) as f:
+            got = np.array([float(r["prediction"]) for r in csv.DictReader(f)])
+        assert np.allclose(got, want, atol=1e-6), (got, want)
+
+
+def test_every_cli_help():
+    """`python <script>.py --help` exits 0 for all six scripts (argparse formats help with '%': one stray '%' in a
+    config comment crashed probe.py --help), and the flags the README and docstrings name are listed."""
+    want = {"pretrain.py": ["--readout ", "--readout_only", "--readout_context", "--objective"],
+            "probe.py": ["--probe ", "--probe_pos", "--export_features", "--label_frac"],
+            "data.py": [], "masks.py": [], "corrupt.py": [], "test_all.py": ["python test_all.py"]}
+    for path, flags in want.items():
+        code, out, err = run_script(path, ["--help"])
+        assert code == 0 and out.strip() and all(f in out for f in flags), (path, code, err[-500:])
 
 
 # -----------------------------------------------------------------------------
 # runner
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.strip())
+        sys.exit(0)
     words = sys.argv[1:]
     tests = [(n, f) for n, f in list(globals().items())
              if n.startswith("test_") and callable(f) and (not words or any(w in n for w in words))]
