@@ -1,24 +1,27 @@
 """
-Frozen-encoder attentive probing (SPEC section 7): encode every clip ONCE with the frozen target encoder, train a
-grid of attentive probes in parallel on the cached tokens, pick the best head on val, report it on test.
+Frozen-encoder probing (SPEC section 7). Every clip goes through the frozen target encoder ONCE (tokens cached),
+then a probe is fit on the cached tokens of the labelled subset and reported on the test split:
+  --probe linear     closed-form ridge on pooled tokens (mean pool and a 2x2-quadrant grid pool; model.ridge, the
+                     same code as pretrain.py's online read-out); lambda and pooling chosen by leave-one-out
+  --probe attentive  the paper's attentive probe: a grid of lr x wd heads trained in parallel, best on val
+  --probe auto       (default) linear below 100 % labels, attentive at 100 % (README, 'Probing': measured)
 
 CPU quick start (2 cores, synthetic echo, after `python pretrain.py`):
-    python probe.py --task view --label_frac 0.01                 # view classification from 1 % of the labels
-    python probe.py --task view --label_frac 0.01 --random_init   # the same probe on a random-init encoder
-    python probe.py --task lvef                                   # LVEF regression (1 % labels), MAE in EF points
+    python probe.py --task view --label_frac 0.01 --seeds 0 1 2   # 1 % labels (60 videos), mean +- sd over seeds
+    python probe.py --task view --label_frac 0.01 --random_init   # the same on a random-init encoder (baseline)
+    python probe.py --task view --probe attentive                 # the attentive probe (add --probe_pos: 3D sin-cos)
+    python probe.py --task lvef                                   # LVEF regression, MAE in EF points
     python probe.py --task rvsp                                   # multi-view RVSP regression (A4C/PSAX/PLAX)
-    python probe.py --task lvef --label_frac 1 --lrs 1e-4 5e-5    # the full EchoJEPA protocol (GPU-sized)
+    python probe.py --task view --export_features                 # pooled features + labels: features.npz / .csv
+    python probe.py --task lvef --label_frac 1 --lrs 1e-4 5e-5 --probe_depth 4   # the EchoJEPA protocol (GPU)
 Robustness (SPEC section 8) and pediatric transfer:
     python probe.py --task lvef --robustness                      # clean + depth attenuation / shadow x 3 levels
     python probe.py --task lvef --eval_domain pediatric           # adult-trained probe, zero-shot on pediatric
-    python probe.py --task lvef --train_domain pediatric          # the fine-tuned comparison
-Official weights, real data, a trained probe on other data:
+Official weights, real data, trained probes, pictures:
     python probe.py --task lvef --init vitl.pt --data /data/EchoNet-Dynamic --crop 224 --batch_size 32
-    python probe.py --task lvef --data /data/EchoNet-Pediatric/A4C --fold 0 --ckpt_probe out/probe_lvef/probe.pt
     python probe.py --task lvef --ckpt_probe official_probe.pt --init vitl.pt --data /data/EchoNet-Dynamic --crop 224
-External validation (no retraining) and pictures:
     python probe.py --task lvef --data /data/EchoNet-Dynamic --eval_data /data/EchoNet-Pediatric/A4C --fold 0
-    python probe.py --task view --attn_maps 8 --embed_map         # attention heat maps, PCA map of the embeddings
+    python probe.py --task view --probe attentive --attn_maps 8 --embed_map   # attention heat maps, PCA map
 """
 import argparse
 import copy
@@ -43,13 +46,8 @@ from tqdm import tqdm
 from model import CONFIGS, AttentiveProbe, Encoder, load_strict, pool_tokens, ridge, strip_prefixes
 
 # -----------------------------------------------------------------------------
-# config: every default here is the CPU quick start; each line is also a --flag
-# Deviations from the EchoJEPA protocol, for 2 CPU cores (measured on the quick-start encoder): 1 % labels by
-# default, a 10x learning-rate grid and a depth-1 probe. With the protocol's 1e-4 / 5e-5 (meant for thousands of
-# steps) a head of ~60 steps stays at chance (view test acc 0.165), at 1e-3 it learns (0.32). A depth-4 probe over
-# 784 tokens costs ~0.2 s per video per head per epoch here (6 heads x 20 epochs x 60 videos: 24 min), the depth-1
-# probe (cross-attention only, the EchoJEPA authors' latest code) a fraction of that. The full protocol is
-# `--label_frac 1 --lrs 1e-4 5e-5 --probe_depth 4` on a GPU.
+# config: every default here is the CPU quick start; each line is also a --flag. Deviations from the EchoJEPA
+# protocol for 2 cores (README, 'Probing'): 1 % labels, a 10x lr grid, a depth-1 attentive probe.
 
 
 @dataclass
