@@ -1,14 +1,14 @@
 """
 Data for nano-EchoJEPA: a synthetic echocardiography generator (the default data) and loaders for real echo.
 
-    python data.py --out data_synth --n 200       # write EchoNet-Dynamic + V-JEPA CSV layout (+ pediatric/)
-    python data.py --preview --out .              # preview.mp4 and preview.png of views x EF values
+    python data.py --out data_synth --n 200      # EchoNet-Dynamic layout + V-JEPA CSVs (+ pediatric/), 6 views each
+    python data.py --out data_synth --workers 2  # the same, rendered by 2 processes
+    python data.py --preview --out .             # preview.mp4 and preview.png: views x EF values
 
-Synthetic echo (SPEC §6), anatomy -> acoustics -> video: per-view chambers (black blood in grey myocardium, irregular
-outlines, angle-dependent bright interfaces, valves opening and closing) in dark streaky tissue, the LV following the
-cardiac cycle with an exact EF; times PSF-filtered complex speckle on a polar grid (AR(1) in time), scan-converted
-into a fan, with TGC, near-field haze and log compression, calibrated on real A4C image statistics (CALIBRATION).
-Real data (SPEC §5): V-JEPA and multi-view CSVs, EchoNet-Dynamic and EchoNet-Pediatric folders.
+A synthetic video (SPEC §6, NOTES-data §1) is made in four steps, one section each: the patient (labels, cardiac
+cycle), the anatomy of the view (backscatter in dB), the nuisance (sector, depth, probe pose, gain, TGC: per clip)
+and the acoustics (speckle through a PSF on a polar grid, scan conversion, log compression). Then video I/O, clip
+transforms, the readers of real data (SPEC §5), the datasets and writing to disk.
 """
 import argparse
 import contextlib
@@ -28,21 +28,51 @@ VIEWS = ["A4C", "A2C", "A3C", "A5C", "PLAX", "PSAX"]  # label map: class id = in
 RVSP_VIEWS = ["A4C", "PSAX", "PLAX"]  # views of one multi-view study (rvsp task), RV visible in all three
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SYNTH_FPS, SYNTH_FRAMES = 50.0, 128  # a synthetic video: 2.56 s at 50 fps, like a short EchoNet clip
-NR, NT = 160, 128  # polar grid: depth samples x scan lines (NOTES-data §1.1)
 SPLIT_BASE = {"train": 0, "val": 10**9, "test": 2 * 10**9}  # synthetic patient index offsets: splits never overlap
 
 
-class BadVideo(ValueError):
-    """A video that cannot be decoded (truncated, no frames, not a video). Datasets skip it, with a log line."""
+# ----- the patient: labels and the cardiac cycle -----
+def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
+    """Per-patient parameters and labels, shared by every view and clip of one synthetic study (cheap: no pixels)."""
+    ped = domain == "pediatric"
+    rng = np.random.default_rng([seed, index, ped])
+    ef = float(np.clip(rng.normal(61.0, 10.4) if ped else rng.normal(55.8, 12.4), 10, 85)) if ef is None else ef
+    rvsp = float(np.clip(18 + rng.gamma(2.0, 7.0), 15, 90)) if rvsp is None else rvsp
+    size = (0.5 if ped else 1.0) * rng.normal(1, 0.06)  # heart size relative to the nominal adult (4.5 cm half-length)
+    a_ed, b_ed = 4.5 * size * rng.uniform(0.95, 1.05), 2.0 * size * rng.uniform(0.9, 1.1)  # LV cavity, cm
+    s_long = float(np.clip(0.02 + 0.18 * ef / 100 + rng.normal(0, 0.01), 0.03, 0.17))  # longitudinal shortening
+    a_es = (1 - s_long) * a_ed
+    b_es = b_ed * math.sqrt((1 - ef / 100) * a_ed / a_es)  # V = 4/3 pi a b^2  =>  ESV/EDV = 1 - EF exactly
+    edv, esv = 4 / 3 * math.pi * a_ed * b_ed**2, 4 / 3 * math.pi * a_es * b_es**2  # mL (cm^3)
+    hr = rng.uniform(80, 140) if ped else rng.uniform(50, 110)
+    missing = RVSP_VIEWS[rng.integers(len(RVSP_VIEWS))] if rng.random() < 0.15 else None
+    # the LV outline's irregularity (widen), fixed over the cycle: ED and ES are similar shapes, ESV/EDV = 1 - EF
+    shape = rng.normal(0, [0.04, 0.05, 0.06, 0.05, 0.05], (2, 5)).astype(np.float32)
+    return dict(EF=ef, EDV=edv, ESV=esv, rvsp=rvsp, hr=hr, systole=rng.uniform(0.35, 0.40), size=float(size),
+                lv=tuple(map(float, (a_ed, b_ed, a_es, b_es))), myo=rng.uniform(0.9, 1.1), missing=missing,
+                lv_shape=shape, study=f"{'P' if ped else 'S'}{index:06d}", domain=domain)
 
-# -----------------------------------------------------------------------------
-# synthetic echocardiography: anatomy -> acoustics -> video
 
-# Anatomy per view: (kind, x, y, a, b, psi) in units of a 15 cm imaging depth, apex of the fan at (0, 0), y pointing
-# down; a = half-length along the long axis, b = half-width, psi = long-axis angle from vertical (towards +x); the
-# LV's a and b come from the patient. Each is a blood cavity in a myocardial shell, painted in order, the LV last
-# (its shell forms the septa). A ventricle is open at its base (u = along / a > BASE, u = -1 at the apex): its atrium
-# reaches in there and shows through the valve. The aorta's u = -1 end meets the LV. Clips jitter and move them.
+def cardiac_cycle(phase, systole):
+    """Contraction s (0 = end-diastole, 1 = end-systole) and valve openings in [0, 1] at phase in [0, 1): cosine
+    systole, cosine filling over a quarter cycle, diastasis (NOTES-data §1.4). Mitral and tricuspid valves open after
+    relaxation, half-close in diastasis, reopen for the atrial kick, shut by phase 0.95; the aortic valve opens in
+    ejection."""
+    ramp = lambda v: np.clip(v, 0, 1)
+    s = np.where(phase < systole, 0.5 * (1 - np.cos(np.pi * phase / systole)),
+                 0.5 * (1 + np.cos(np.pi * ramp((phase - systole) / 0.25))))
+    diastasis = ramp((phase - systole - 0.3) / 0.1) * ramp((0.85 - phase) / 0.05)
+    inflow = ramp((phase - systole - 0.03) / 0.06) * ramp((0.95 - phase) / 0.04) * (1 - 0.5 * diastasis)
+    outflow = ramp((phase - 0.02) / 0.04) * ramp((systole - 0.01 - phase) / 0.04)
+    return s, inflow, outflow
+
+
+# ----- anatomy: the chambers, walls and valves of one view, as backscatter in dB -----
+# Per view: (kind, x, y, a, b, psi) in units of the imaging depth (15 cm for an adult), apex of the fan at (0, 0), y
+# pointing down; a = half-length along the long axis, b = half-width, psi = long-axis angle from vertical (towards
+# +x); the LV's a and b come from the patient. Each is a blood cavity in a myocardial shell, painted in order, the LV
+# last (its shell forms the septa). A ventricle is open at its base (u = along / a > BASE, u = -1 at the apex): its
+# atrium shows through the valve. The aorta's u = -1 end meets the LV.
 LAYOUTS = {
     "A4C": [("ra", -0.235, 0.71, 0.14, 0.095, -0.25), ("la", 0.082, 0.746, 0.14, 0.10, 0.15),
             ("rv", -0.185, 0.49, 0.24, 0.10, -0.2), ("lv", 0.055, 0.47, 0.30, 0.13, 0.08)],
@@ -62,91 +92,10 @@ WALL = dict(rv=0.025, ra=0.016, la=0.016, ao=0.02)  # wall thickness in depth un
 # floor, myocardium mid-grey, the specular annulus and the outer interfaces (OUTER: pericardium...) near white
 DB = dict(blood=-47.0, tissue=-58.0, myocardium=-34.0, leaflet=-28.0, specular=-10.0, haze=-38.0)
 OUTER = dict(lv=-10.0, lvsax=-10.0, rv=-19.0, la=-14.0, ra=-14.0, ao=-17.0)
-TGC = (-5.0, -2.0, 2.0, 3.0, 3.0)  # time-gain compensation in dB at depths 0, 1/4, 1/2, 3/4, 1 (jittered per clip)
-LOOKS, CONTRAST = 2, 1.2  # speckle looks compounded in the display; gain of the log-speckle in the display
-# CALIBRATION: the settings above are fitted to 16 image statistics of 9 real EchoNet-Dynamic A4C clips
-# (../shared/realism/echo_stats.py). `python data.py --out D --n 12`, A4C medians [real median]: grey levels
-# q10/25/50/75/90 2/7/32/98/140 [2/8/31/76/132], dark (< 30) 0.49 [0.48], bright (> 150) 0.074 [0.063], variance
-# share of 8x8 blocks 0.63 [0.62], speckle correlation at 2 px across/down 0.42/0.46 [0.40/0.46], frame to frame
-# 0.983 [0.981], depth bands 1.04/0.97/0.80/1.25 [1.10/0.94/0.90/1.17], sector 0.60 [0.62]: 16/16 inside the real
-# range (also with --n 24). The other views and pediatric A4C are measured in the README.
-
-
-@functools.lru_cache(maxsize=4)
-def speckle_bank(n=16, size=256, psf=(1.0, 0.7)):
-    """Complex Gaussian fields on the polar grid (depth x scan line) through an anisotropic Gaussian PSF (sigma in
-    samples, lines), E|z|^2 = 1, shared by all clips: a frame's fresh speckle is a random crop (filtering per frame
-    would cost more than the rest; crops keep Rayleigh statistics exactly). With a wide PSF: smooth textures."""
-    rng = np.random.default_rng(1234)
-    z = rng.standard_normal((n, size, size), np.float32) + 1j * rng.standard_normal((n, size, size), np.float32)
-    k = np.fft.fftfreq(size)
-    z = np.fft.ifft2(np.fft.fft2(z) * np.exp(-2 * np.pi**2 * (psf[0] ** 2 * k[:, None] ** 2 + psf[1] ** 2 * k**2)))
-    return (z / np.sqrt(np.mean(np.abs(z) ** 2))).astype(np.complex64)
-
-
-@functools.lru_cache(maxsize=256)
-def fan_geometry(size, half_angle_deg, depth_pct):
-    """Scan-conversion map for one fan (computed once per geometry): in-sector pixels, their 4 polar neighbours
-    and bilinear weights, and their position in depth units for the anatomy (r_max = depth_pct % of the frame)."""
-    theta_max, r_max = math.radians(half_angle_deg), size * depth_pct / 100
-    i, j = np.mgrid[0:size, 0:size]
-    x, y = (j - (size - 1) / 2) / r_max, (i + 0.5) / r_max  # apex just above the top-centre pixel
-    r, theta = np.hypot(x, y), np.arctan2(x, y)
-    inside = np.flatnonzero((r <= 1) & (np.abs(theta) <= theta_max))
-    x, y, r = (v.ravel()[inside].astype(np.float32) for v in (x, y, r))  # (P,) for the P in-sector pixels
-    ri, ti = r * (NR - 1), (theta.ravel()[inside] / theta_max + 1) / 2 * (NT - 1)  # fractional polar coordinates
-    r0, t0 = np.minimum(ri.astype(int), NR - 2), np.minimum(ti.astype(int), NT - 2)
-    fr, ft = (ri - r0).astype(np.float32), (ti - t0).astype(np.float32)
-    idx = r0 * NT + t0 + np.array([0, 1, NT, NT + 1])[:, None]  # (4, P) flat polar indices of the neighbours
-    w = np.stack([(1 - fr) * (1 - ft), (1 - fr) * ft, fr * (1 - ft), fr * ft])  # (4, P) bilinear weights
-    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x, y=y, r=r, px=1 / r_max)  # px: a pixel, depth units
-
-
-def scan_convert(polar, geo):
-    """(..., NR * NT) values on the polar grid -> (..., P) at the in-sector pixels, bilinear."""
-    corners = np.take(polar, geo["idx"].ravel(), axis=-1).reshape(polar.shape[:-1] + geo["idx"].shape)  # (..., 4, P)
-    return sum(corners[..., k, :] * w for k, w in enumerate(geo["w"]))
-
-
-def synth_patient(seed, index, domain="adult", ef=None, rvsp=None):
-    """Per-patient parameters and labels, shared by every view and clip of one synthetic study (cheap: no pixels)."""
-    ped = domain == "pediatric"
-    rng = np.random.default_rng([seed, index, ped])
-    ef = float(np.clip(rng.normal(61.0, 10.4) if ped else rng.normal(55.8, 12.4), 10, 85)) if ef is None else ef
-    rvsp = float(np.clip(18 + rng.gamma(2.0, 7.0), 15, 90)) if rvsp is None else rvsp
-    size = (0.5 if ped else 1.0) * rng.normal(1, 0.06)  # heart size relative to the nominal adult (4.5 cm half-length)
-    a_ed, b_ed = 4.5 * size * rng.uniform(0.95, 1.05), 2.0 * size * rng.uniform(0.9, 1.1)  # LV cavity, cm
-    s_long = float(np.clip(0.02 + 0.18 * ef / 100 + rng.normal(0, 0.01), 0.03, 0.17))  # longitudinal shortening
-    a_es = (1 - s_long) * a_ed
-    b_es = b_ed * math.sqrt((1 - ef / 100) * a_ed / a_es)  # V = 4/3 pi a b^2  =>  ESV/EDV = 1 - EF exactly
-    edv, esv = 4 / 3 * math.pi * a_ed * b_ed**2, 4 / 3 * math.pi * a_es * b_es**2  # mL (cm^3)
-    hr = rng.uniform(80, 140) if ped else rng.uniform(50, 110)
-    missing = RVSP_VIEWS[rng.integers(len(RVSP_VIEWS))] if rng.random() < 0.15 else None
-    # the LV outline's irregularity, a polynomial in u per side (widen): the same at every phase, so the drawn ED
-    # and ES cavities are similar shapes and keep ESV/EDV = 1 - EF (areas scale with a b, lengths with a)
-    shape = rng.normal(0, [0.04, 0.05, 0.06, 0.05, 0.05], (2, 5)).astype(np.float32)
-    return dict(EF=ef, EDV=edv, ESV=esv, rvsp=rvsp, hr=hr, systole=rng.uniform(0.35, 0.40), size=float(size),
-                lv=tuple(map(float, (a_ed, b_ed, a_es, b_es))), myo=rng.uniform(0.9, 1.1), missing=missing,
-                lv_shape=shape, study=f"{'P' if ped else 'S'}{index:06d}", domain=domain)
-
-
-def cardiac_cycle(phase, systole):
-    """Contraction s in [0, 1] (0 = end-diastole, 1 = end-systole) and valve openings in [0, 1] over the cardiac
-    phase in [0, 1): cosine systole, cosine rapid filling over the next quarter cycle, then diastasis at s = 0
-    (NOTES-data §1.4). Mitral and tricuspid valves open after isovolumic relaxation, half-close in diastasis, reopen
-    for the atrial kick and are shut by end-diastole (phase 0.95); the aortic valve opens during ejection."""
-    ramp = lambda v: np.clip(v, 0, 1)
-    s = np.where(phase < systole, 0.5 * (1 - np.cos(np.pi * phase / systole)),
-                 0.5 * (1 + np.cos(np.pi * ramp((phase - systole) / 0.25))))
-    diastasis = ramp((phase - systole - 0.3) / 0.1) * ramp((0.85 - phase) / 0.05)
-    inflow = ramp((phase - systole - 0.03) / 0.06) * ramp((0.95 - phase) / 0.04) * (1 - 0.5 * diastasis)
-    outflow = ramp((phase - 0.02) / 0.04) * ramp((systole - 0.01 - phase) / 0.04)
-    return s, inflow, outflow
 
 
 def widen(coef, u):
-    """An outline's relative widening at u = along / a: sum_k coef[k] u^k; shape (2, K) holds one polynomial per
-    side (across < 0, across > 0), passed transposed."""
+    """An outline's relative widening at u = along / a, sum_k coef[k] u^k (Horner); coef (K, ...) per side."""
     w = coef[-1]
     for c in coef[-2::-1]:
         w = w * u + c
@@ -154,8 +103,7 @@ def widen(coef, u):
 
 
 def texture(rng, geo, psf):
-    """A smooth random field, static over a clip, (P,): a random crop of a wide-PSF bank, standardised over the fan
-    (so that every clip has as much bright and dark tissue)."""
+    """A smooth random field (P,), static over a clip: a crop of a wide-PSF speckle bank, standardised over the fan."""
     bank = speckle_bank(8, 256, psf)
     k, i, j = rng.integers(len(bank)), rng.integers(0, 256 - NR), rng.integers(0, 256 - NT)
     field = scan_convert(bank[k, i:i + NR, j:j + NT].real.ravel(), geo)
@@ -163,16 +111,15 @@ def texture(rng, geo, psf):
 
 
 def paint_leaflet(db, x, y, hx, hy, dx, dy, length, width, level):
-    """Max a thin bright ellipse into db (T, N) at pixels (x, y): from the hinge (hx, hy) along the unit direction
-    (dx, dy), all (T, 1)."""
+    """Max a thin bright ellipse into db (T, N) at pixels (x, y), from the hinge (hx, hy) along (dx, dy), (T, 1)."""
     ex, ey = x - (hx + dx * length / 2), y - (hy + dy * length / 2)
     q = ((ex * dx + ey * dy) / (length / 2)) ** 2 + ((ex * dy - ey * dx) / width) ** 2
     np.maximum(db, level - 12 * q, out=db)
 
 
-def anatomy(view, pat, geo, rng, s, inflow, outflow, pose):
+def anatomy(view, pat, geo, rng, s, inflow, outflow, acq):
     """Backscatter in dB (T, P) of one view at contraction s and valve openings inflow/outflow, all (T, 1), and the
-    drawn LV (for its tracings). pose: depth (cm), scale, tilt, shift (probe position), shorten (foreshortening)."""
+    drawn LV (for its tracings), placed by the clip's acquisition acq (scale, tilt, shift, LV axes)."""
     x, y, r, px = geo["x"], geo["y"], geo["r"], geo["px"]
     s, frame_of = np.unique(s, return_inverse=True)  # chambers are drawn once per distinct contraction (diastasis)
     s, frame_of = s[:, None].astype(np.float32), frame_of.ravel()  # (S, 1)
@@ -181,18 +128,17 @@ def anatomy(view, pat, geo, rng, s, inflow, outflow, pose):
     db = np.empty((len(s), len(x)), np.float32)
     db[:] = np.maximum(DB["blood"] - 3, DB["tissue"] + 16 * patches + 10 * np.clip(streaks - 1.0, 0, 1.2))
     rv_load = min(max((pat["rvsp"] - 15) / 45, 0), 1.7)  # pressure load: RV/RA dilate, septum flattens
-    a_ed, b_ed, a_es, b_es = (v / pose["depth"] for v in pat["lv"])
-    a_ed, a_es = a_ed * pose["shorten"], a_es * pose["shorten"]  # foreshortening scales both: EF unchanged
+    a_ed, b_ed, a_es, b_es = acq["lv"]
     la, lb = a_ed + (a_es - a_ed) * s, b_ed + (b_es - b_ed) * s  # (S, 1) LV half-axes, depth units
-    myo = math.pi * ((a_ed + 0.065 * pose["scale"]) * (b_ed + 0.065 * pose["scale"]) - a_ed * b_ed) * pat["myo"]
+    myo = math.pi * ((a_ed + 0.065 * acq["scale"]) * (b_ed + 0.065 * acq["scale"]) - a_ed * b_ed) * pat["myo"]
     h = (-(la + lb) + np.sqrt((la + lb) ** 2 + 4 * myo / math.pi)) / 2  # wall thickens: myocardial area constant
     # the LV apex stays and its annulus moves by `move` along the long axis (< 0 in systole); the RV's annulus moves
     # with it, and each atrium keeps its far end while its near end follows the annulus
     move = (1 + BASE["lv"]) * (la - a_ed)  # (S, 1)
-    c, sn, scale, drawn = math.cos(pose["tilt"]), math.sin(pose["tilt"]), pose["scale"], {}
+    c, sn, scale, drawn = math.cos(acq["tilt"]), math.sin(acq["tilt"]), acq["scale"], {}
     for kind, cx, cy, a, b, psi in LAYOUTS[view]:
-        cx, cy = scale * (c * cx + sn * cy) + pose["shift"][0], scale * (c * cy - sn * cx) + pose["shift"][1]
-        ux, uy = math.sin(psi + pose["tilt"]), math.cos(psi + pose["tilt"])  # long-axis direction
+        cx, cy = scale * (c * cx + sn * cy) + acq["shift"][0], scale * (c * cy - sn * cx) + acq["shift"][1]
+        ux, uy = math.sin(psi + acq["tilt"]), math.cos(psi + acq["tilt"])  # long-axis direction
         if kind == "lv":
             a0, b0, a, b, wall, slide, shape = a_ed, b_ed, la, lb, h, la - a_ed, pat["lv_shape"].copy()
         elif kind == "lvsax":  # a short-axis ring, D-shaped under RV pressure
@@ -224,8 +170,7 @@ def anatomy(view, pat, geo, rng, s, inflow, outflow, pose):
         level = DB["myocardium"] - (5 if kind in ("la", "ra") else 0) + patches[near] + stk  # varies along walls
         if kind in ("lv", "lvsax") and "rv" in drawn:
             level = level + 10 * ((across > 0) == septal)
-        # signed distance to the cavity outline (< 0 inside), to first order (rho - 1) / |grad rho| with rho the
-        # outline-normalised radius: exact along both axes
+        # signed distance to the outline (< 0 inside), (rho - 1) / |grad rho| with rho the outline-normalised radius
         u = (along - slide) / a  # (S, N)
         bw = b * (1 + widen(shape[(across > 0).astype(int)].T[:, None], u))  # the outline's half-width at u
         v = across / bw
@@ -237,8 +182,8 @@ def anatomy(view, pat, geo, rng, s, inflow, outflow, pose):
         for edge, inside in ((wall, level), (0, DB["blood"])):  # myocardium, then blood, edges ramped over 1.5 px
             sub += (inside - sub) * np.clip(0.5 - (d - edge) / (1.5 * px), 0, 1)
         # the outer wall is a specular interface (epicardium, pericardium; brighter with depth): its amplitude ~ cos^2
-        # of the angle between the outline's normal and the beam, so walls along the beam drop out
-        normal_a, normal_c = along / a0**2, across / b0**2  # of the outline at end-diastole
+        # of the angle between the outline's normal (at end-diastole) and the beam, so walls along the beam drop out
+        normal_a, normal_c = along / a0**2, across / b0**2
         cos = ((xs * ux + ys * uy) * normal_a + (xs * uy - ys * ux) * normal_c) / (rs * np.hypot(normal_a, normal_c))
         angle = 20 * np.log10(np.maximum(cos**2, 0.03))  # (N,) dB
         peak = OUTER[kind] + 10 * (rs - 0.5) + 2 * stk + angle
@@ -268,38 +213,100 @@ def anatomy(view, pat, geo, rng, s, inflow, outflow, pose):
     return db, drawn.get("lv")
 
 
-def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps=SYNTH_FPS, size=112, clip=0,
-                frame_idx=None, ef=None, rvsp=None, envelope=False):
-    """One synthetic echo video of `frames` frames at `fps`: uint8 (T, size, size) and a dict of labels.
-    Deterministic per (seed, index, view, clip); index is the patient, so all views of an index form one study.
-    frame_idx renders only those frames of the video (time is continuous, so a clip costs only its frames).
-    envelope=True returns the float envelope of one speckle look before compression (Rayleigh; for the tests)."""
-    pat = synth_patient(seed, index, domain, ef, rvsp)
-    if view is None:  # a random view, chosen so that synth_video(s, i) == synth_video(s, i, <that view>)
-        view = VIEWS[np.random.default_rng([seed, index, 7]).integers(len(VIEWS))]
-    view_id, ped = VIEWS.index(view), domain == "pediatric"
-    rng = np.random.default_rng([seed, index, ped, view_id, clip])
-    # the acquisition, varied per clip: sector width and depth, probe position, foreshortening, gain, TGC
+def lv_tracings(lv, s, pat, acq, geo, size, fps):
+    """VolumeTracings rows (X1, Y1, X2, Y2, Frame) in pixels of the drawn LV at the first ED and the ES after it: the
+    long axis (apex to base centre), then 20 method-of-discs chords (NOTES-data §3.1). {} if there is no ED -> ES."""
+    ed = np.flatnonzero((s[:-1] == 0) & (s[1:] > 0))  # last diastasis frames before systole
+    systole_frames = int(fps * 60 / pat["hr"] * pat["systole"]) + 2
+    if lv is None or not len(ed) or ed[0] + systole_frames >= len(s):
+        return {}
+    es = ed[0] + int(np.argmax(s[ed[0]:ed[0] + systole_frames]))  # the frame closest to s = 1
+    (cx, cy, ux, uy), shape, base = lv[:4], lv[7], lv[8]
+    a_ed, b_ed, a_es, b_es = acq["lv"]
+    px = lambda x, y: (x * geo["r_max"] + (size - 1) / 2, y * geo["r_max"] - 0.5)  # depth units -> pixels
+    rows = []
+    for f in (ed[0], es):
+        a, b = a_ed + (a_es - a_ed) * s[f], b_ed + (b_es - b_ed) * s[f]
+        mx, my = cx + (a - a_ed) * ux, cy + (a - a_ed) * uy  # the centre moves, the apex stays
+        rows.append((*px(mx - a * ux, my - a * uy), *px(mx + base * a * ux, my + base * a * uy), f))
+        for u in -1 + (np.arange(20) + 0.5) * (1 + base) / 20:  # disc centres from the apex (u = -1) to the base
+            w0, w1 = b * math.sqrt(1 - u**2) * (1 + widen(shape.T, u))  # half-widths across < 0 and > 0
+            x, y = mx + u * a * ux, my + u * a * uy
+            rows.append((*px(x - w0 * uy, y + w0 * ux), *px(x + w1 * uy, y - w1 * ux), f))
+    return dict(ed_frame=int(ed[0]), es_frame=int(es), tracings=rows)
+
+
+# ----- nuisance: what the sonographer and the scanner change from clip to clip -----
+TGC = (-5.0, -2.0, 2.0, 3.0, 3.0)  # time-gain compensation in dB at depths 0, 1/4, 1/2, 3/4, 1 (jittered per clip)
+
+
+def acquisition(rng, pat, ped, size):
+    """The fan (sector width, depth) and acq: depth imaged (cm), the probe's pose (scale, tilt, shift, foreshortening),
+    the LV's half-axes in depth units, speckle correlation rho, gain, TGC and the clip's start in the cycle."""
     geo = fan_geometry(size, int(rng.integers(37, 44)), int(rng.integers(90, 98)))
     depth = rng.uniform(9, 11) if ped else rng.uniform(14, 17)  # cm imaged
-    pose = dict(depth=depth, scale=15 / depth * pat["size"], tilt=min(max(rng.normal(0, 0.05), -0.08), 0.08),
-                shift=rng.normal(0, 0.015, 2).tolist(), shorten=rng.uniform(0.88, 1.0))  # Python floats: float32 maths
-    rho, gain, tgc = rng.uniform(0.95, 0.98), rng.normal(0, 1.5), np.array(TGC) + rng.normal(0, 1.0, len(TGC))
-    frame_idx, inverse = np.unique(np.arange(frames) if frame_idx is None else frame_idx, return_inverse=True)
-    phase = (np.arange(frames) / fps * pat["hr"] / 60 + rng.random()) % 1
-    s_all, inflow, outflow = cardiac_cycle(phase, pat["systole"])
-    cycle = (v[frame_idx][:, None].astype(np.float32) for v in (s_all, inflow, outflow))  # (T, 1), rendered frames
-    db, lv = anatomy(view, pat, geo, rng, *cycle, pose)
+    acq = dict(depth=depth, scale=15 / depth * pat["size"], tilt=min(max(rng.normal(0, 0.05), -0.08), 0.08),
+               shift=rng.normal(0, 0.015, 2).tolist(), shorten=rng.uniform(0.88, 1.0))  # Python floats: float32 maths
+    a_ed, b_ed, a_es, b_es = (v / depth for v in pat["lv"])
+    acq["lv"] = (a_ed * acq["shorten"], b_ed, a_es * acq["shorten"], b_es)  # foreshortening: EF unchanged
+    acq.update(rho=rng.uniform(0.95, 0.98), gain=rng.normal(0, 1.5), tgc=np.array(TGC) + rng.normal(0, 1.0, len(TGC)),
+               start=rng.random())
+    return geo, acq
 
-    # acoustics: near-field haze (chest-wall clutter), time-gain compensation and gain
+
+# ----- acoustics: speckle through the PSF on a polar grid, scan conversion, TGC, log compression -----
+NR, NT = 160, 128  # polar grid: depth samples x scan lines (NOTES-data §1.1)
+LOOKS, CONTRAST = 2, 1.2  # speckle looks compounded in the display; gain of the log-speckle in the display
+# CALIBRATION: DB, OUTER, TGC, LOOKS and CONTRAST are fitted to 16 image statistics of 9 real EchoNet-Dynamic A4C
+# clips (../shared/realism/echo_stats.py): 16/16 inside the real range at --n 12 and 24 (README has the table).
+
+
+@functools.lru_cache(maxsize=4)
+def speckle_bank(n=16, size=256, psf=(1.0, 0.7)):
+    """Complex Gaussian fields (n, depth, line) through an anisotropic Gaussian PSF (sigma in samples), E|z|^2 = 1:
+    a frame's fresh speckle is a random crop (exactly Rayleigh, and no filtering per frame)."""
+    rng = np.random.default_rng(1234)
+    z = rng.standard_normal((n, size, size), np.float32) + 1j * rng.standard_normal((n, size, size), np.float32)
+    k = np.fft.fftfreq(size)
+    z = np.fft.ifft2(np.fft.fft2(z) * np.exp(-2 * np.pi**2 * (psf[0] ** 2 * k[:, None] ** 2 + psf[1] ** 2 * k**2)))
+    return (z / np.sqrt(np.mean(np.abs(z) ** 2))).astype(np.complex64)
+
+
+@functools.lru_cache(maxsize=256)
+def fan_geometry(size, half_angle_deg, depth_pct):
+    """Scan conversion of one fan: in-sector pixels, their 4 polar neighbours and weights, positions in depth units."""
+    theta_max, r_max = math.radians(half_angle_deg), size * depth_pct / 100
+    i, j = np.mgrid[0:size, 0:size]
+    x, y = (j - (size - 1) / 2) / r_max, (i + 0.5) / r_max  # apex just above the top-centre pixel
+    r, theta = np.hypot(x, y), np.arctan2(x, y)
+    inside = np.flatnonzero((r <= 1) & (np.abs(theta) <= theta_max))
+    x, y, r = (v.ravel()[inside].astype(np.float32) for v in (x, y, r))  # (P,) for the P in-sector pixels
+    ri, ti = r * (NR - 1), (theta.ravel()[inside] / theta_max + 1) / 2 * (NT - 1)  # fractional polar coordinates
+    r0, t0 = np.minimum(ri.astype(int), NR - 2), np.minimum(ti.astype(int), NT - 2)
+    fr, ft = (ri - r0).astype(np.float32), (ti - t0).astype(np.float32)
+    idx = r0 * NT + t0 + np.array([0, 1, NT, NT + 1])[:, None]  # (4, P) flat polar indices of the neighbours
+    w = np.stack([(1 - fr) * (1 - ft), (1 - fr) * ft, fr * (1 - ft), fr * ft])  # (4, P) bilinear weights
+    return dict(inside=inside, idx=idx, w=w, r_max=r_max, x=x, y=y, r=r, px=1 / r_max)  # px: a pixel, depth units
+
+
+def scan_convert(polar, geo):
+    """(..., NR * NT) values on the polar grid -> (..., P) at the in-sector pixels, bilinear."""
+    corners = np.take(polar, geo["idx"].ravel(), axis=-1).reshape(polar.shape[:-1] + geo["idx"].shape)  # (..., 4, P)
+    return sum(corners[..., k, :] * w for k, w in enumerate(geo["w"]))
+
+
+def acoustics(db, geo, acq, rng, frame_idx, fps, envelope=False):
+    """Grey levels (T, P) of the in-sector pixels from backscatter db (T, P) of the frames frame_idx; envelope=True:
+    the amplitude of one speckle look before log compression (Rayleigh; for the tests)."""
+    # near-field haze (chest-wall clutter), time-gain compensation and gain
     r, pool = geo["r"], db < DB["blood"] + 2  # (T, P) the blood pools (and the darkest tissue)
-    db += gain + np.interp(r, np.linspace(0, 1, len(TGC)), tgc).astype(np.float32)
+    db += acq["gain"] + np.interp(r, np.linspace(0, 1, len(TGC)), acq["tgc"]).astype(np.float32)
     np.copyto(db, DB["blood"], where=pool)  # the pools stay at the display floor (noise), whatever the gain
     np.maximum(db, DB["haze"] - 250 * r, out=db)
     # speckle: LOOKS independent fields, each AR(1) in time on the polar grid (rho per 1/50 s), scan-converted
     bank = speckle_bank()
     pick = rng.integers(0, [len(bank), bank.shape[1] - NR, bank.shape[2] - NT], (len(frame_idx), LOOKS, 3))
-    rho = rho ** (np.diff(frame_idx, prepend=frame_idx[0]) * SYNTH_FPS / fps)  # correlation between rendered frames
+    rho = acq["rho"] ** (np.diff(frame_idx, prepend=frame_idx[0]) * SYNTH_FPS / fps)  # between rendered frames
     z = np.empty((len(frame_idx), LOOKS, NR, NT), np.complex64)
     for t, picks in enumerate(pick):
         for look, (k, i, j) in enumerate(picks):
@@ -309,53 +316,45 @@ def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps
             z[t] += rho[t] * z[t - 1]
     zc = scan_convert(z.reshape(len(frame_idx), LOOKS, NR * NT), geo)  # (T, LOOKS, P) complex, still Gaussian
     power = zc.real**2 + zc.imag**2
-    out = np.zeros((len(frame_idx), size * size), np.float32 if envelope else np.uint8)
     if envelope:  # amplitude = sqrt(backscatter power) x Rayleigh speckle of one look
-        out[:, geo["inside"]] = 10 ** (db / 20) * np.sqrt(power[:, 0])
-    else:
-        # the display: looks compounded (scanners compound, and the 112-px downsampling of real video averages
-        # speckle); in the pools the speckle drifts a pixel every 4/50 s (flow), so they flicker slowly; log
-        # compression over 50 dB, the log-speckle scaled by CONTRAST; a soft floor maps the pools' noise to grey
-        # 0..8 instead of clipping it to black
-        power = power.mean(1)
-        drift = rng.integers(power.shape[1]) + (frame_idx * SYNTH_FPS / fps / 4).astype(int)  # (T,)
-        power = np.where(pool, np.stack([np.roll(p, k) for p, k in zip(power, drift)]), power)
-        grey = (db + CONTRAST * 10 * np.log10(power) + 50) * (255 / 50)
-        out[:, geo["inside"]] = np.clip(np.maximum(grey, 8 * np.exp(np.minimum(grey - 8, 0) / 16)) + 0.5, 0, 255)
+        return 10 ** (db / 20) * np.sqrt(power[:, 0])
+    # display: looks compounded (as scanners, and the 112-px downsampling of real video); pool speckle drifts a pixel
+    # per 4/50 s (flow); log compression over 50 dB; a soft floor maps the pools' noise to grey 0..8, not to black
+    power = power.mean(1)
+    drift = rng.integers(power.shape[1]) + (frame_idx * SYNTH_FPS / fps / 4).astype(int)  # (T,)
+    power = np.where(pool, np.stack([np.roll(p, k) for p, k in zip(power, drift)]), power)
+    grey = (db + CONTRAST * 10 * np.log10(power) + 50) * (255 / 50)
+    return np.clip(np.maximum(grey, 8 * np.exp(np.minimum(grey - 8, 0) / 16)) + 0.5, 0, 255)
+
+
+# ----- one synthetic video: patient -> nuisance -> anatomy -> acoustics -----
+def synth_video(seed, index, view=None, domain="adult", frames=SYNTH_FRAMES, fps=SYNTH_FPS, size=112, clip=0,
+                frame_idx=None, ef=None, rvsp=None, envelope=False):
+    """uint8 (T, size, size) video of `frames` frames at `fps` and its labels, deterministic per (seed, index, view,
+    clip); index is the patient (its views form one study). frame_idx: render only those frames. envelope: acoustics."""
+    pat = synth_patient(seed, index, domain, ef, rvsp)
+    if view is None:  # a random view, chosen so that synth_video(s, i) == synth_video(s, i, <that view>)
+        view = VIEWS[np.random.default_rng([seed, index, 7]).integers(len(VIEWS))]
+    view_id, ped = VIEWS.index(view), domain == "pediatric"
+    rng = np.random.default_rng([seed, index, ped, view_id, clip])
+    geo, acq = acquisition(rng, pat, ped, size)
+    frame_idx, inverse = np.unique(np.arange(frames) if frame_idx is None else frame_idx, return_inverse=True)
+    phase = (np.arange(frames) / fps * pat["hr"] / 60 + acq["start"]) % 1
+    s_all, inflow, outflow = cardiac_cycle(phase, pat["systole"])
+    cycle = (v[frame_idx][:, None].astype(np.float32) for v in (s_all, inflow, outflow))  # (T, 1), rendered frames
+    db, lv = anatomy(view, pat, geo, rng, *cycle, acq)
+    out = np.zeros((len(frame_idx), size * size), np.float32 if envelope else np.uint8)
+    out[:, geo["inside"]] = acoustics(db, geo, acq, rng, frame_idx, fps, envelope)
     labels = dict(EF=pat["EF"], EDV=pat["EDV"], ESV=pat["ESV"], rvsp=pat["rvsp"], hr=pat["hr"], view=view,
                   view_id=view_id, study=pat["study"], domain=domain, fps=fps, frames=frames)
-    ed = np.flatnonzero((s_all[:-1] == 0) & (s_all[1:] > 0))  # last diastasis frame before systole starts
-    systole_frames = int(fps * 60 / pat["hr"] * pat["systole"]) + 2
-    if lv is not None and len(ed) and ed[0] + systole_frames < frames:
-        es = ed[0] + int(np.argmax(s_all[ed[0]:ed[0] + systole_frames]))  # the frame closest to s = 1
-        a_ed, b_ed, a_es, b_es = (v / depth for v in pat["lv"])
-        a_ed, a_es = a_ed * pose["shorten"], a_es * pose["shorten"]
-        axes = [(f, a_ed + (a_es - a_ed) * s_all[f], b_ed + (b_es - b_ed) * s_all[f]) for f in (ed[0], es)]
-        labels.update(ed_frame=int(ed[0]), es_frame=int(es),
-                      tracings=lv_tracings(lv[:4], a_ed, axes, geo, size, lv[7], lv[8]))
+    labels.update(lv_tracings(lv, s_all, pat, acq, geo, size, fps))
     return out.reshape(-1, size, size)[inverse], labels  # (T, size, size) in the order of frame_idx
 
 
-def lv_tracings(lv, a_ed, axes, geo, size, shape=None, base=1.0):
-    """EchoNet VolumeTracings rows (X1, Y1, X2, Y2, Frame) in pixels: per traced frame the LV long axis (apex to the
-    centre of the base), then 20 method-of-discs chords perpendicular to it (NOTES-data §3.1), on the drawn outline:
-    half-widths b (1 + widen(shape, u)) sqrt(1 - u^2) to either side, at discs from u = -1 (apex) to base."""
-    cx, cy, ux, uy = lv
-    shape = np.zeros((2, 1)) if shape is None else shape
-    px = lambda x, y: (x * geo["r_max"] + (size - 1) / 2, y * geo["r_max"] - 0.5)  # depth units -> pixels
-    rows = []
-    for f, a, b in axes:
-        mx, my = cx + (a - a_ed) * ux, cy + (a - a_ed) * uy  # the centre moves, the apex stays
-        rows.append((*px(mx - a * ux, my - a * uy), *px(mx + base * a * ux, my + base * a * uy), f))
-        for u in -1 + (np.arange(20) + 0.5) * (1 + base) / 20:  # disc centres along the axis
-            w0, w1 = b * math.sqrt(1 - u**2) * (1 + widen(shape.T, u))  # half-widths across < 0 and > 0
-            x, y = mx + u * a * ux, my + u * a * uy
-            rows.append((*px(x - w0 * uy, y + w0 * ux), *px(x + w1 * uy, y - w1 * ux), f))
-    return rows
+# ----- video I/O (PyAV) -----
+class BadVideo(ValueError):
+    """A video that cannot be decoded (truncated, no frames, not a video). Datasets skip it, with a log line."""
 
-
-# -----------------------------------------------------------------------------
-# video I/O (PyAV)
 
 def to_gray(frame):
     """(H, W) uint8 grey of a decoded frame. For full-range YUV (MJPEG) and grey frames the luma plane is the grey
@@ -395,13 +394,12 @@ def read_video(path, pick=None):
 
 
 def write_video(path, frames, fps, codec="mjpeg"):
-    """Grey uint8 (T, H, W) or RGB (T, H, W, 3) frames: mjpeg .avi as EchoNet (MJPG), ffv1 lossless (exact fixtures),
-    libx264 .mp4."""
+    """Grey (T, H, W) or RGB (T, H, W, 3) uint8: mjpeg .avi as EchoNet, ffv1 lossless, libx264 .mp4, png (1 frame)."""
     fmt = "rgb24" if frames.ndim == 4 else "gray"
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", format="image2" if codec == "png" else None) as container:
         stream = container.add_stream(codec, rate=round(fps))
         stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = {"mjpeg": "yuvj420p", "ffv1": "gray"}.get(codec, "yuv420p")
+        stream.pix_fmt = {"mjpeg": "yuvj420p", "ffv1": "gray", "png": fmt}.get(codec, "yuv420p")
         if codec == "mjpeg":
             stream.options = {"qmin": "2", "qmax": "2"}  # near-lossless JPEG, as EchoJEPA's re-encodes
         for f in frames:
@@ -410,18 +408,11 @@ def write_video(path, frames, fps, codec="mjpeg"):
 
 
 def write_png(path, image):
-    """Write a uint8 (H, W) grey or (H, W, 3) RGB image as PNG through PyAV's png encoder."""
-    fmt = "gray" if image.ndim == 2 else "rgb24"
-    with av.open(str(path), "w", format="image2") as container:
-        stream = container.add_stream("png")
-        stream.height, stream.width, stream.pix_fmt = image.shape[0], image.shape[1], fmt
-        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=fmt)))
-        container.mux(stream.encode())
+    """Write a uint8 (H, W) grey or (H, W, 3) RGB image as PNG."""
+    write_video(path, image[None], 1, codec="png")
 
 
-# -----------------------------------------------------------------------------
-# clip sampling and transforms
-
+# ----- clip sampling and transforms -----
 def clip_indices(n, video_fps, frames, fps, num_clips=1, rng=None):
     """Frame indices (num_clips, frames) at about `fps` (SPEC §5): step = ceil(video_fps) // fps, random starts if
     rng is given, else evenly spaced (one clip: centred). Short videos repeat their last frame (stills too)."""
@@ -460,9 +451,7 @@ def eval_transform(video, crop):
     return normalize(x[:, i:i + crop, j:j + crop])
 
 
-# -----------------------------------------------------------------------------
-# readers: each returns rows (sources, label, study, name); a source is a path, None (MISS) or a synthetic tuple
-
+# ----- readers: rows (sources, label, study, name); a source is a path, None (MISS) or a synthetic tuple -----
 def check_row(where, label_text, paths, integer=False):
     """The label as int (class id) or float, after checking it and that the videos exist: errors name file:line."""
     try:
@@ -528,6 +517,22 @@ def read_echonet(folder, split, fold=None):
     return rows
 
 
+def find_rows(data, task, split, fold=None):
+    """Rows of real data. data = a CSV (`{split}` in the name is filled in), or a folder holding `{task}_{split}.csv`
+    (written by this script) or an EchoNet FileList.csv (EF labels only; pretrain: `pretrain.csv` or FileList)."""
+    multiview, integer = task == "rvsp", task == "view"
+    if os.path.isdir(data):
+        name = os.path.join(data, "pretrain.csv" if task == "pretrain" else f"{task}_{split}.csv")
+        if os.path.isfile(name):
+            return read_csv_rows(name, multiview, integer)
+        if not os.path.isfile(os.path.join(data, "FileList.csv")):
+            raise FileNotFoundError(f"{data}: no {task}_{split}.csv and no FileList.csv (EchoNet layout)")
+        if task not in ("lvef", "pretrain"):
+            raise ValueError(f"{data}: an EchoNet FileList.csv has EF labels only, not {task!r} labels")
+        return read_echonet(data, "pretrain" if task == "pretrain" else split, fold)
+    return read_csv_rows(data.replace("{split}", split), multiview, integer)
+
+
 def synth_rows(task, split, seed, domain, n):
     """Fixed synthetic probe splits. view: every view of each patient; lvef: 2 A4C clips per patient; rvsp: one
     study of RVSP_VIEWS per patient, 15 % of studies miss one view. A study = one synthetic patient."""
@@ -545,9 +550,8 @@ def synth_rows(task, split, seed, domain, n):
             rows.append((((seed, index, view, domain, clip),), label, pat["study"], f"{pat['study']}_{view}_{clip}"))
     return rows
 
-# -----------------------------------------------------------------------------
-# datasets
 
+# ----- datasets -----
 class EchoDataset(torch.utils.data.Dataset):
     """Clips of rows (sources, label, study, name); rows=None is the endless synthetic pretraining stream.
     pretrain: ds[key] = one augmented clip (3, T, crop, crop), deterministic per (seed, key), video key % len.
@@ -557,7 +561,7 @@ class EchoDataset(torch.utils.data.Dataset):
     def __init__(self, rows, frames, crop, fps, seed, pretrain, num_clips=1, multiview=False, frame_fn=None):
         self.rows, self.frames, self.crop, self.fps, self.seed = rows, frames, crop, fps, seed
         self.pretrain, self.num_clips, self.multiview, self.num_classes = pretrain, num_clips, multiview, None
-        self.frame_fn = frame_fn  # probe: f(frames (T, H, W) float in [0, 1], video_id=...) -> frames, e.g. a corruption
+        self.frame_fn = frame_fn  # probe: f(frames (T, H, W) in [0, 1], video_id=...) -> frames, e.g. a corruption
         self.labels = [r[1] for r in rows] if rows else []
         self.n_skipped, self.skipped = multiprocessing.Value("i", 0), []
 
@@ -591,55 +595,32 @@ class EchoDataset(torch.utils.data.Dataset):
         sources, label, study, name = self.rows[key % len(self.rows)] if self.rows else synthetic
         if self.pretrain:
             return pretrain_transform(self.load(sources[0], 1, rng)[0], self.crop, rng)
-        zeros = torch.zeros(self.num_clips, 3, self.frames, self.crop, self.crop)
-        clips = torch.stack([zeros if s is None else torch.stack([self.eval_clip(c, name if len(sources) == 1 else
-                                                                                 f"{name}/{v}")
-                                                                  for c in self.load(s, self.num_clips, None)])
-                             for v, s in enumerate(sources)])  # (V, num_clips, 3, T, crop, crop)
+        clips = torch.zeros(len(sources), self.num_clips, 3, self.frames, self.crop, self.crop)  # (V, clips, 3, T, ...)
+        for v, source in enumerate(sources):  # a missing view (None) stays zero
+            for c, clip in enumerate([] if source is None else self.load(source, self.num_clips, None)):
+                if self.frame_fn is not None:  # on the decoded frames, before resizing: as if the file were corrupted
+                    video_id = name if len(sources) == 1 else f"{name}/{v}"
+                    clip = self.frame_fn(clip.astype(np.float32) / 255, video_id=video_id) * 255
+                clips[v, c] = eval_transform(clip, self.crop)
         out = dict(clips=clips if self.multiview else clips[0], label=label, study=study, video=name)
         if self.multiview:
             out["present"] = torch.tensor([s is not None for s in sources])
         return out
 
-    def eval_clip(self, clip, video_id):
-        """Eval transform of one decoded uint8 clip, after the frame_fn hook on its [0, 1] frames (before resizing,
-        as if the video file itself were corrupted). video_id (the row's name, '/view' for multi-view) seeds it."""
-        if self.frame_fn is not None:
-            clip = self.frame_fn(clip.astype(np.float32) / 255, video_id=video_id) * 255
-        return eval_transform(clip, self.crop)
-
     def skip_summary(self):
         return f"skipped {self.n_skipped.value} bad videos" + "".join(f"\n  {s}" for s in self.skipped)
 
 
-def find_rows(data, task, split, fold=None):
-    """Rows of real data. data = a CSV (`{split}` in the name is filled in), or a folder holding `{task}_{split}.csv`
-    (written by this script) or an EchoNet FileList.csv (EF labels only; pretrain: `pretrain.csv` or FileList)."""
-    multiview, integer = task == "rvsp", task == "view"
-    if os.path.isdir(data):
-        name = os.path.join(data, "pretrain.csv" if task == "pretrain" else f"{task}_{split}.csv")
-        if os.path.isfile(name):
-            return read_csv_rows(name, multiview, integer)
-        if not os.path.isfile(os.path.join(data, "FileList.csv")):
-            raise FileNotFoundError(f"{data}: no {task}_{split}.csv and no FileList.csv (EchoNet layout)")
-        if task not in ("lvef", "pretrain"):
-            raise ValueError(f"{data}: an EchoNet FileList.csv has EF labels only, not {task!r} labels")
-        return read_echonet(data, "pretrain" if task == "pretrain" else split, fold)
-    return read_csv_rows(data.replace("{split}", split), multiview, integer)
-
-
 def build_pretrain_dataset(data, frames, crop, fps, seed):
-    """'synthetic' (endless adult stream, all views) or real data: a V-JEPA CSV (labels ignored) or a folder
-    (pretrain.csv, else the TRAIN split of an EchoNet FileList.csv, every row of a pediatric one)."""
+    """'synthetic' (endless adult stream, all views) or real data through find_rows (labels ignored)."""
     rows = None if data == "synthetic" else find_rows(data, "pretrain", "train")
     return EchoDataset(rows, frames, crop, fps, seed, pretrain=True)
 
 
 def build_probe_dataset(data, task, split, frames, crop, fps, seed, num_clips=2, domain="adult", fold=None,
                         n_train=1000, n_val=200, n_test=200, frame_fn=None):
-    """Frozen-probe data for task view / lvef / rvsp. 'synthetic' builds fixed deterministic splits of
-    n_train/n_val/n_test items in `domain` (adult or pediatric); real data goes through find_rows. frame_fn: see
-    EchoDataset (probe.py --robustness corrupts the test videos on the fly with it)."""
+    """Frozen-probe data for task view / lvef / rvsp: fixed 'synthetic' splits of n_train/n_val/n_test items in
+    `domain` (adult or pediatric), or real data through find_rows. frame_fn: see EchoDataset."""
     if task not in ("view", "lvef", "rvsp") or split not in SPLIT_BASE or domain not in ("adult", "pediatric"):
         raise ValueError(f"bad task/split/domain {task!r}/{split!r}/{domain!r}: view|lvef|rvsp, train|val|test")
     n = {"train": n_train, "val": n_val, "test": n_test}[split]
@@ -650,9 +631,8 @@ def build_probe_dataset(data, task, split, frames, crop, fps, seed, num_clips=2,
         ds.num_classes = max(len(VIEWS), max(ds.labels) + 1)
     return ds
 
-# -----------------------------------------------------------------------------
-# writing synthetic data to disk
 
+# ----- writing synthetic data to disk -----
 def render_to_disk(job):
     """Render one synthetic video to an MJPEG AVI under out/ and return its labels (runs in a Pool worker)."""
     out, seed, index, view, domain, frames = job
@@ -663,8 +643,8 @@ def render_to_disk(job):
 
 
 def write_dataset(out, n, seed=0, frames=SYNTH_FRAMES, n_pediatric=None, workers=1):
-    """n patients x every view: EchoNet-Dynamic layout for A4C (FileList.csv, VolumeTracings.csv, Videos/), V-JEPA CSVs
-    (pretrain.csv, {view,lvef,rvsp}_{train,val,test}.csv), pediatric/ in EchoNet-Pediatric layout (Split = fold)."""
+    """n patients x every view: EchoNet-Dynamic layout for A4C (FileList.csv, VolumeTracings.csv, Videos/), V-JEPA
+    CSVs (pretrain.csv, {view,lvef,rvsp}_{train,val,test}.csv), pediatric/ in EchoNet-Pediatric layout."""
     n_pediatric = n // 4 if n_pediatric is None else n_pediatric
     os.makedirs(os.path.join(out, "pediatric", "Videos"), exist_ok=True)
     os.makedirs(os.path.join(out, "Videos"), exist_ok=True)
@@ -711,7 +691,7 @@ def preview(out, seed=0):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Write synthetic echo data (EchoNet layout + CSVs) or a preview.")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data_synth", help="output folder")
     parser.add_argument("--n", type=int, default=200, help="synthetic patients, each with every view")
     parser.add_argument("--n_pediatric", type=int, default=None, help="pediatric A4C videos (default n // 4)")

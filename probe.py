@@ -71,7 +71,7 @@ class Config:
     crop: int = 112                       # clip height = width (multiple of 16)
     fps: float = 8.0                      # target sampling rate of clip frames
     num_clips: int = 2                    # clips per video, their tokens concatenated (EchoJEPA: 2 segments)
-    probe: str = "auto"                   # linear (ridge on pooled tokens) | attentive (paper) | auto: linear below 100 % labels
+    probe: str = "auto"                   # linear (pooled ridge) | attentive (paper) | auto: linear below 100 % labels
     probe_pos: bool = False               # attentive: add a fixed 3D sin-cos position to the tokens (official: off)
     probe_depth: int = 1                  # probe depth: depth-1 self-attention blocks + 1 cross-attention (paper: 4)
     probe_heads: int = 16                 # probe attention heads (the largest divisor of the width up to this)
@@ -97,66 +97,51 @@ class Config:
 
 # argparse built from the block above; the comment of each line becomes its --help ('%' escaped: argparse formats it)
 HELP = {k: v.replace("%", "%%") for k, v in re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M)}
+CHOICES = dict(task=["view", "lvef", "rvsp"], model=[""] + sorted(CONFIGS), probe=["auto", "linear", "attentive"],
+               train_domain=["adult", "pediatric"], eval_domain=["", "adult", "pediatric"])
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-for f in fields(Config):
-    if f.type is bool:
-        parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
-    elif f.type is list:  # --eval_data A B, or --eval_data A --eval_data B
-        parser.add_argument(f"--{f.name}", nargs="+", action="extend", default=[], help=HELP[f.name],
-                            type=int if f.name == "seeds" else None)
-    elif f.type is tuple:
-        parser.add_argument(f"--{f.name}", type=float, nargs="+", default=f.default, help=HELP[f.name])
-    else:
-        choices = {"task": ["view", "lvef", "rvsp"], "model": [""] + sorted(CONFIGS), "probe": ["auto", "linear", "attentive"],
-                   "train_domain": ["adult", "pediatric"], "eval_domain": ["", "adult", "pediatric"]}.get(f.name)
-        parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name], choices=choices)
+for f in fields(Config):  # argparse options by field type; a list flag repeats: --eval_data A B --eval_data C
+    opts = {bool: dict(action=argparse.BooleanOptionalAction), tuple: dict(type=float, nargs="+"),
+            list: dict(nargs="+", action="extend", default=[], type=int if f.name == "seeds" else None)}
+    opts = opts.get(f.type, dict(type=f.type, choices=CHOICES.get(f.name)))
+    parser.add_argument(f"--{f.name}", **{"default": f.default, "help": HELP[f.name], **opts})
 cfg = Config(**vars(parser.parse_args()))
 cfg.eval_domain = cfg.eval_domain or cfg.train_domain
 cfg.seed = cfg.seeds[0] if cfg.seeds else cfg.seed  # the first run's seed (encoder, labels)
 cfg.out_dir = cfg.out_dir or os.path.join("out", f"probe_{cfg.task}" + ("_random" if cfg.random_init else ""))
-if not 0 < cfg.label_frac <= 1:
-    parser.error(f"--label_frac {cfg.label_frac} must be in (0, 1]")
-if cfg.crop % 16 or cfg.frames % 2 or cfg.frames < 2:
-    parser.error(f"--crop {cfg.crop} must be a multiple of 16 and --frames {cfg.frames} even")
-if cfg.dtype not in ("auto", "float32", "bfloat16"):
-    parser.error(f"--dtype {cfg.dtype}: choose float32, bfloat16 or auto")
-if cfg.ckpt_probe and not os.path.isfile(cfg.ckpt_probe):
-    parser.error(f"--ckpt_probe {cfg.ckpt_probe}: no such file")
-if cfg.random_init and cfg.init:
-    parser.error("--random_init and --init exclude each other")
-if cfg.ckpt_probe and len(cfg.seeds) > 1:
-    parser.error("--seeds repeats probe training; --ckpt_probe evaluates a trained probe (pass one --seed)")
-for p in cfg.eval_data:
-    if p != "synthetic" and not os.path.exists(p.replace("{split}", "test")):
-        parser.error(f"--eval_data {p}: no such file or folder")
-if cfg.attn_maps < 0:
-    parser.error(f"--attn_maps {cfg.attn_maps} must be >= 0")
+classification, multiview = cfg.task == "view", cfg.task == "rvsp"
 # the few-label default (README, 'Probing'): the linear probe read every encoder as well as or better than the
 # attentive one at 1 % labels; at 100 % the paper's attentive probe. A trained probe file is always attentive.
 probe_kind = "attentive" if cfg.ckpt_probe else cfg.probe if cfg.probe != "auto" else \
     "linear" if cfg.label_frac < 1 else "attentive"
-if cfg.attn_maps and probe_kind == "linear":
-    parser.error("--attn_maps draws an attentive probe's attention: add --probe attentive")
-classification, multiview = cfg.task == "view", cfg.task == "rvsp"
+missing = [p for p in cfg.eval_data if p != "synthetic" and not os.path.exists(p.replace("{split}", "test"))]
+for bad, msg in [  # the flag checks, in order: the first that fails is one line, before anything slow
+        (not 0 < cfg.label_frac <= 1, f"--label_frac {cfg.label_frac} must be in (0, 1]"),
+        (cfg.crop % 16 or cfg.frames % 2 or cfg.frames < 2,
+         f"--crop {cfg.crop} must be a multiple of 16 and --frames {cfg.frames} even"),
+        (cfg.dtype not in ("auto", "float32", "bfloat16"), f"--dtype {cfg.dtype}: choose float32, bfloat16 or auto"),
+        (cfg.ckpt_probe and not os.path.isfile(cfg.ckpt_probe), f"--ckpt_probe {cfg.ckpt_probe}: no such file"),
+        (cfg.random_init and cfg.init, "--random_init and --init exclude each other"),
+        (cfg.ckpt_probe and len(cfg.seeds) > 1,
+         "--seeds repeats probe training; --ckpt_probe evaluates a trained probe (pass one --seed)"),
+        (missing, f"--eval_data {(missing or [''])[0]}: no such file or folder"),
+        (cfg.attn_maps < 0, f"--attn_maps {cfg.attn_maps} must be >= 0"),
+        (cfg.attn_maps and probe_kind == "linear",
+         "--attn_maps draws an attentive probe's attention: add --probe attentive")]:
+    if bad:
+        parser.error(msg)
 if cfg.robustness:
     import corrupt
     kinds, levels = cfg.corruptions.split(","), cfg.levels.split(",")
-    for k in kinds:
-        if k not in corrupt.KINDS:
-            parser.error(f"--corruptions: unknown corruption kind {k!r} (choose from {', '.join(corrupt.KINDS)})")
-    for lv in levels:
-        if lv not in corrupt.LEVELS:
-            parser.error(f"--levels: unknown corruption level {lv!r} (choose from {', '.join(corrupt.LEVELS)})")
-
-
-def fail(msg):
-    """One clear line, no traceback wall."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
-
+    for flag, name, given, known in [("corruptions", "kind", kinds, corrupt.KINDS),
+                                     ("levels", "level", levels, corrupt.LEVELS)]:
+        for v in given:
+            if v not in known:
+                parser.error(f"--{flag}: unknown corruption {name} {v!r} (choose from {', '.join(known)})")
 
 # -----------------------------------------------------------------------------
-# system: device, dtype (no DDP: the probe trains on cached features, one process is enough)
+# setup: device, dtype (no DDP: the probe trains on cached features, one process is enough); data: fixed splits,
+# only the train subset chosen by --label_frac is ever encoded
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 if cfg.dtype == "auto":
@@ -164,41 +149,50 @@ if cfg.dtype == "auto":
 autocast = nullcontext() if cfg.dtype == "float32" else torch.autocast(device, dtype=torch.bfloat16)
 torch.backends.cuda.matmul.allow_tf32 = True
 os.makedirs(cfg.out_dir, exist_ok=True)
-
-# -----------------------------------------------------------------------------
-# data: fixed splits; only the train subset chosen by --label_frac is ever encoded
-
 import data  # noqa: E402  (after the argument checks: bad flags fail fast, without the video stack)
+
+
+def fail(msg):  # one clear line, no traceback wall
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
 
 
 def dataset(split, domain, src, frame_fn=None):
     """One probe split, or one clear error line (missing split, a task whose labels the data lacks, bad rows)."""
     try:
         return data.build_probe_dataset(src, cfg.task, split, cfg.frames, cfg.crop, cfg.fps, cfg.data_seed,
-                                        num_clips=cfg.num_clips, domain=domain,
-                                        fold=None if cfg.fold < 0 else cfg.fold, n_train=cfg.n_train,
-                                        n_val=cfg.n_val, n_test=cfg.n_test, frame_fn=frame_fn)
+                                        num_clips=cfg.num_clips, domain=domain, fold=None if cfg.fold < 0 else cfg.fold,
+                                        n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, frame_fn=frame_fn)
     except (ValueError, FileNotFoundError) as e:
         fail(f"--task {cfg.task}, {split} split of {src}: {e}")
 
 
 def label_subset(labels, frac, seed, classification, bins=5):
-    """Train items used at this label fraction: per class (classification) or per quantile bin of the target
-    (regression: every EF range stays represented) ceil(n * frac) items, at least 2 (or all of a smaller group),
-    drawn without replacement by a seeded generator. frac = 1 keeps everything."""
+    """The items labelled at this fraction: ceil(n * frac) per class or per equal-count bin of a regression target
+    (every EF range stays represented), at least 2 (or all of a smaller group), drawn by a seeded generator."""
     labels = np.asarray(labels)
     if frac >= 1:
         return np.arange(len(labels))
-    if classification:
-        groups = labels
-    else:  # rank -> bin: equal-count bins, robust to any target scale
-        groups = np.argsort(np.argsort(labels, kind="stable"), kind="stable") * bins // len(labels)
-    rng = np.random.default_rng(seed)
-    keep = []
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        keep += rng.choice(members, min(len(members), max(2, math.ceil(len(members) * frac))), replace=False).tolist()
-    return np.sort(np.array(keep))
+    ranks = np.argsort(np.argsort(labels, kind="stable"), kind="stable")
+    groups = labels if classification else ranks * bins // len(labels)
+    rng, members = np.random.default_rng(seed), [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    return np.sort(np.concatenate([rng.choice(m, min(len(m), max(2, math.ceil(len(m) * frac))), replace=False)
+                                   for m in members]))
+
+
+def write_csv(name, header, rows):
+    with open(os.path.join(cfg.out_dir, name), "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+
+
+def check_fit(n, views):
+    """Every evaluated set must fit the probe: class ids below its n classes (else the label map is another), as many
+    views per study as its view slots (else the slots mean other views)."""
+    for src, ds in [(cfg.data, test_ds), *ext.values()] + ([] if cfg.ckpt_probe else [(cfg.data, val_ds)]):
+        if classification and max(ds.labels) >= n:
+            fail(f"{src}: class id {max(ds.labels)}, but the probe has {n} classes (ids 0-{n - 1})")
+        if multiview and len(ds.rows[0][0]) != views:
+            fail(f"{src}: {len(ds.rows[0][0])} views per study, but the probe has {views} view slots")
 
 
 # the splits are built before the encoder loads: bad data fails in one line without waiting for the weights
@@ -207,78 +201,69 @@ bases = [re.sub(r"\W+", "_", os.path.basename(os.path.normpath(p.replace("{split
          for p in cfg.eval_data]  # a set is named by its file or folder name, numbered if two names collide
 ext = {f"eval{i + 1}_{b}" if bases.count(b) > 1 else f"eval_{b}": (p, dataset("test", cfg.eval_domain, p))
        for i, (b, p) in enumerate(zip(bases, cfg.eval_data))}
-
-
-def check_fit(n, views):
-    """Every evaluated set must fit the probe: view class ids among its n classes (else its label map is another),
-    multi-view studies with its number of view slots (else the slots mean other views)."""
-    for src, ds in [(cfg.data, test_ds), *ext.values()] + ([] if cfg.ckpt_probe else [(cfg.data, val_ds)]):
-        if classification and max(ds.labels) >= n:
-            fail(f"{src}: class id {max(ds.labels)}, but the probe has {n} classes (ids 0-{n - 1})")
-        if multiview and len(ds.rows[0][0]) != views:
-            fail(f"{src}: {len(ds.rows[0][0])} views per study, but the probe has {views} view slots")
-
-
 if not cfg.ckpt_probe:
     train_ds, val_ds = dataset("train", cfg.train_domain, cfg.data), dataset("val", cfg.train_domain, cfg.data)
     check_fit(train_ds.num_classes, len(train_ds.rows[0][0]))
 
-
 # -----------------------------------------------------------------------------
-# frozen encoder: pretrain.py's target_encoder, an official one, or a random baseline
+# the frozen encoder (pretrain.py's target_encoder, an official one, or a random baseline) runs once per clip; its
+# tokens are cached (in memory, with --cache_dir also on disk) as float16 and reused by every seed, head and epoch
 
 
 def load_encoder():
-    """(frozen encoder, one-line description of its weights). Official files carry no config: the size is read
-    off the weights (width, depth) unless --model says it; a --model that disagrees with a checkpoint fails."""
+    """(frozen encoder on the device, one line naming its weights). Official files carry no config: the size is
+    read off the weights unless --model names it; a --model that disagrees with a checkpoint fails."""
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
-        name = cfg.model or "vitq"
-        return Encoder(copy.deepcopy(CONFIGS[name])), f"random init {CONFIGS[name].name} (seed {cfg.seed})"
-    path = cfg.init or cfg.ckpt
-    if not os.path.isfile(path):
-        fail(f"no checkpoint at {path}" + ("" if cfg.init else ": run `python pretrain.py` first, or pass --ckpt "
-                                            "PATH, --init PATH (official weights) or --random_init"))
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        fail(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})")
-    if not isinstance(ck, dict) or "target_encoder" not in ck:
-        fail(f"{path}: expected a dict with a 'target_encoder' entry (a pretrain.py or V-JEPA 2 / EchoJEPA file)")
-    sd, ck_cfg = strip_prefixes(ck["target_encoder"]), ck.get("config") or {}
-    name = ck_cfg.get("model")
-    if name is None:  # official file: find the size by width and depth
-        dim, depth = sd["norm.weight"].numel(), len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-        name = cfg.model or next((n for n, c in CONFIGS.items() if (c.dim, c.depth) == (dim, depth)), None)
-        if name is None:
-            fail(f"{path}: no known encoder of width {dim} and depth {depth}; pass --model")
-    if name not in CONFIGS:
-        fail(f"{path}: unknown encoder {name!r} in its config")
-    if cfg.model and CONFIGS[cfg.model].name != CONFIGS[name].name:
-        fail(f"--model {cfg.model} does not match the checkpoint's encoder {CONFIGS[name].name} ({path})")
-    mcfg = copy.deepcopy(CONFIGS[name])
-    mcfg.rope = ck_cfg.get("rope", "reference")
-    encoder = Encoder(mcfg)
-    try:
-        load_strict(encoder, sd, f"{path} target_encoder")
-    except ValueError as e:
-        fail(str(e))
-    return encoder, f"{path} ({mcfg.name})"
+        mcfg = copy.deepcopy(CONFIGS[cfg.model or "vitq"])
+        encoder, source = Encoder(mcfg), f"random init {mcfg.name} (seed {cfg.seed})"
+    else:
+        path = cfg.init or cfg.ckpt
+        if not os.path.isfile(path):
+            fail(f"no checkpoint at {path}" + ("" if cfg.init else ": run `python pretrain.py` first, or pass "
+                                                "--ckpt PATH, --init PATH (official weights) or --random_init"))
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            fail(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})")
+        if not isinstance(ck, dict) or "target_encoder" not in ck:
+            fail(f"{path}: expected a dict with a 'target_encoder' entry (a pretrain.py or V-JEPA 2 / EchoJEPA file)")
+        sd, ck_cfg = strip_prefixes(ck["target_encoder"]), ck.get("config") or {}
+        name = ck_cfg.get("model")
+        if name is None:  # official file: find the size by width and depth
+            dim, depth = sd["norm.weight"].numel(), len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+            name = cfg.model or next((n for n, c in CONFIGS.items() if (c.dim, c.depth) == (dim, depth)), None)
+            if name is None:
+                fail(f"{path}: no known encoder of width {dim} and depth {depth}; pass --model")
+        if name not in CONFIGS:
+            fail(f"{path}: unknown encoder {name!r} in its config")
+        if cfg.model and CONFIGS[cfg.model].name != CONFIGS[name].name:
+            fail(f"--model {cfg.model} does not match the checkpoint's encoder {CONFIGS[name].name} ({path})")
+        mcfg = copy.deepcopy(CONFIGS[name])
+        mcfg.rope = ck_cfg.get("rope", "reference")
+        encoder, source = Encoder(mcfg), f"{path} ({mcfg.name})"
+        try:
+            load_strict(encoder, sd, f"{path} target_encoder")
+        except ValueError as e:
+            fail(str(e))
+    return encoder.to(device).eval().requires_grad_(False), source  # frozen: eval mode, no grads, ever
+
+
+def weights_hash(module):  # in every feature cache key: cached features are reused for the very same weights only
+    return hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in module.state_dict().values())).hexdigest()
 
 
 encoder, encoder_source = load_encoder()
-encoder = encoder.to(device).eval().requires_grad_(False)  # frozen: eval mode, no grads, ever
-
-# -----------------------------------------------------------------------------
-# features: the encoder runs once per clip; tokens are cached (memory, optionally disk) and reused by every head
-# and epoch. float16 halves the cache; the probe computes in float32 (or the autocast dtype).
+weights_key, dim, feature_cache, timing = weights_hash(encoder), encoder.cfg.dim, {}, dict(encode=0.0, train=0.0)
+nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # probe heads: 16 for every official width
+pt, ps = encoder.cfg.tubelet_size, encoder.cfg.patch_size
+token_grid = (cfg.frames // pt, cfg.crop // ps, cfg.crop // ps)  # (T', H', W') of one clip's tokens
 
 
 @torch.no_grad()
 def encode_batch(encoder, clips, present=None):
-    """Frozen tokens: clips (B, C, 3, T, H, W) -> (B, C*N, D), the C clips of a video concatenated. Multi-view
-    clips (B, V, C, 3, T, H, W) with present (B, V) -> (B, V*C*N, D); missing views are never encoded, their
-    slots stay zero and the probe's key-padding mask hides them."""
+    """Frozen tokens: clips (B, C, 3, T, H, W) -> (B, C*N, D), a video's C clips side by side. Multi-view clips
+    (B, V, C, 3, T, H, W) with present (B, V) -> (B, V*C*N, D): missing views are never encoded, they stay zero."""
     if present is None:
         clips, present = clips[:, None], torch.ones(clips.shape[0], 1, dtype=torch.bool)
     B, V, C = clips.shape[:3]
@@ -290,58 +275,42 @@ def encode_batch(encoder, clips, present=None):
     return out.flatten(1, 2)  # (B, V*C*N, D)
 
 
-feature_cache, encode_seconds = {}, [0.0]
-weights_key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in encoder.state_dict().values())).hexdigest()
-
-
 def features(name, ds, indices, key_extra="", keep=True):
-    """dict(feats (n, L, D) float16, present (n, V), label, study, video) of ds[indices], encoded once per
-    (encoder weights, data, geometry, items): kept in memory (keep=True; so --seeds reuse them) and, with
-    --cache_dir, on disk."""
+    """dict(feats (n, L, D) float16, present (n, V), label, study, video) of ds[indices], encoded once per (weights,
+    data, geometry, items); keep=True keeps them in memory (for --seeds), --cache_dir on disk."""
     key = hashlib.sha1(repr((weights_key, cfg.task, cfg.frames, cfg.crop, cfg.fps, cfg.num_clips, cfg.data_seed,
                              ds.rows[:3], len(ds), list(indices), key_extra)).encode()).hexdigest()[:16]
+    path = os.path.join(cfg.cache_dir, f"feats_{key}.pt") if cfg.cache_dir else ""
     if key in feature_cache:
         return feature_cache[key]
-    path = os.path.join(cfg.cache_dir, f"feats_{key}.pt") if cfg.cache_dir else ""
     if path and os.path.isfile(path):
         out = torch.load(path, weights_only=False)
-        feature_cache.update({key: out} if keep else {})
-        return out
-    t0 = time.time()
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(indices)), batch_size=cfg.batch_size,
-                                         num_workers=cfg.num_workers)
-    out = dict(feats=[], present=[], label=[], study=[], video=[])
-    with tqdm(total=len(indices), desc=f"encode {name}", unit="video", dynamic_ncols=True) as bar:
-        for b in loader:
-            out["feats"].append(encode_batch(encoder, b["clips"], b.get("present")).half().cpu())
-            out["present"].append(b.get("present", torch.ones(len(b["label"]), 1, dtype=torch.bool)))
-            out["label"].append(b["label"])
-            out["study"] += list(b["study"])
-            out["video"] += list(b["video"])
-            bar.update(len(b["label"]))
-    for k in ("feats", "present", "label"):
-        out[k] = torch.cat(out[k])
-    encode_seconds[0] += time.time() - t0
-    if path:
-        os.makedirs(cfg.cache_dir, exist_ok=True)
-        torch.save(out, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    feature_cache.update({key: out} if keep else {})
+    else:
+        t0, batches = time.time(), []
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(indices)), batch_size=cfg.batch_size,
+                                             num_workers=cfg.num_workers)
+        with tqdm(total=len(indices), desc=f"encode {name}", unit="video", dynamic_ncols=True) as bar:
+            for b in loader:
+                b["feats"] = encode_batch(encoder, b.pop("clips"), b.get("present")).half().cpu()
+                batches.append(dict(b, present=b.get("present", torch.ones(len(b["label"]), 1, dtype=torch.bool))))
+                bar.update(len(b["label"]))
+        out = {k: torch.cat([b[k] for b in batches]) for k in ("feats", "present", "label")}
+        out.update({k: [s for b in batches for s in b[k]] for k in ("study", "video")})
+        timing["encode"] += time.time() - t0
+        if path:
+            os.makedirs(cfg.cache_dir, exist_ok=True)
+            torch.save(out, path + ".tmp")
+            os.replace(path + ".tmp", path)
+    if keep:
+        feature_cache[key] = out
     return out
 
 
-token_grid = (cfg.frames // encoder.cfg.tubelet_size, cfg.crop // encoder.cfg.patch_size,
-              cfg.crop // encoder.cfg.patch_size)  # (T', H', W') of one clip's tokens
-
-
 def pooled(f, batch=64):
-    """model.pool_tokens of each clip's tokens, averaged over a video's clips, the views side by side (missing views
-    stay zero): dict(mean (n, V*D), grid (n, V*8D)) float64, computed once per feature dict. What --probe linear fits
-    and --export_features writes."""
+    """model.pool_tokens per clip, averaged over a video's clips, its views side by side (missing ones zero): what
+    --probe linear fits, dict(mean (n, V*D), grid (n, V*8D)) float64, computed once per feature dict."""
     if "pooled" not in f:
-        n, L, D = f["feats"].shape
-        V = f["present"].shape[1]
-        out = []
+        (n, L, D), V, out = f["feats"].shape, f["present"].shape[1], []
         for i in range(0, n, batch):
             z = f["feats"][i:i + batch].float().view(-1, L // (V * cfg.num_clips), D)  # (b*V*C, N, D)
             p = pool_tokens(z, token_grid)
@@ -350,33 +319,12 @@ def pooled(f, batch=64):
     return f["pooled"]
 
 
-def export_features():
-    """--export_features: features.npz (mean, grid, label, split, video, study, present) and features.csv (one row
-    per video) of the labelled train items (--label_frac, --seed), every val and every test item."""
-    used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
-    sets = [("train", features("train", train_ds, used)), ("val", features("val", val_ds, range(len(val_ds)))),
-            ("test", features("test", test_ds, range(len(test_ds))))]
-    cat = lambda key: np.concatenate([np.asarray(f[key]) for _, f in sets])  # noqa: E731
-    split = np.concatenate([[name] * len(f["label"]) for name, f in sets])
-    out = dict(mean=np.concatenate([pooled(f)["mean"].numpy() for _, f in sets]),
-               grid=np.concatenate([pooled(f)["grid"].numpy() for _, f in sets]), label=cat("label"), split=split,
-               video=cat("video"), study=cat("study"), present=cat("present"))
-    np.savez(os.path.join(cfg.out_dir, "features.npz"), **out)
-    with open(os.path.join(cfg.out_dir, "features.csv"), "w", newline="") as fh:
-        csv.writer(fh).writerows([["row", "split", "video", "study", "label"]] + [
-            [i, s, v, st, lab] for i, (s, v, st, lab) in enumerate(zip(split, out["video"], out["study"], out["label"]))])
-    counts = ", ".join(f"{len(f['label'])} {name}" for name, f in sets)
-    print(f"features of {encoder_source}: {len(split)} videos ({counts}) | "
-          f"mean {out['mean'].shape[1]}-d, grid {out['grid'].shape[1]}-d | {cfg.out_dir}/features.npz, features.csv")
-
-
 # -----------------------------------------------------------------------------
-# probe heads: the lr x wd grid trained in parallel, one AdamW each, on the same batches of cached tokens
+# probe heads: the lr x wd grid trained in parallel, one AdamW each, on the same batches of cached tokens; metrics
+# per video for views, per study for regression (all clips/videos of a patient share its EF)
 
 
-def key_padding(present, tokens):
-    """(B, V) present views -> (B, V*tokens) key-padding mask on the device, True = ignore; None if nothing is
-    missing (the unmasked SDPA path is faster)."""
+def key_padding(present, tokens):  # (B, V) -> (B, V*tokens) on the device, True = ignore; None: the faster SDPA path
     return None if present.all() else (~present).repeat_interleave(tokens // present.shape[1], dim=1).to(device)
 
 
@@ -390,25 +338,21 @@ def drop_views(present, p, gen):
     return keep
 
 
-def loss_fn(out, y):
-    """Cross-entropy for classes; SmoothL1 (beta 1) on z-scored targets for regression (SPEC section 7)."""
+def loss_fn(out, y):  # cross-entropy for classes, SmoothL1 (beta 1) on z-scored regression targets (SPEC section 7)
     return F.cross_entropy(out, y.long()) if classification else F.smooth_l1_loss(out[:, 0], y.float(), beta=1.0)
 
 
 def train_heads(heads, grid, f, y):
-    """Train every head on the same shuffled batches: AdamW (decay on weights, none on biases and norms),
-    lr cosine from its grid value to 0 over all steps, no warmup."""
-    opts = []
-    for head, (lr, wd) in zip(heads, grid):
-        ps = list(head.parameters())
-        opts.append(torch.optim.AdamW([dict(params=[p for p in ps if p.ndim >= 2], weight_decay=wd),
-                                       dict(params=[p for p in ps if p.ndim < 2], weight_decay=0.0)], lr=lr))
-    n, gen = len(y), torch.Generator().manual_seed(cfg.seed)
-    total, step = cfg.epochs * math.ceil(n / cfg.batch_size), 0
+    """Every head on the same shuffled batches, AdamW (decay on weights, none on biases and norms), lr cosine from
+    its grid value to 0, no warmup: the mean train loss of each head in the last epoch."""
+    opts = [torch.optim.AdamW([dict(params=[p for p in h.parameters() if p.ndim >= 2], weight_decay=wd),
+                               dict(params=[p for p in h.parameters() if p.ndim < 2], weight_decay=0.0)], lr=lr)
+            for h, (lr, wd) in zip(heads, grid)]
+    n, gen, step = len(y), torch.Generator().manual_seed(cfg.seed), 0
+    total = cfg.epochs * math.ceil(n / cfg.batch_size)
     bar = tqdm(range(cfg.epochs), desc="probe epochs", unit="epoch", dynamic_ncols=True)
     for epoch in bar:
-        losses = torch.zeros(len(heads))
-        order = torch.randperm(n, generator=gen)
+        losses, order = torch.zeros(len(heads)), torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             x, present = f["feats"][idx].to(device).float(), f["present"][idx]
@@ -427,12 +371,11 @@ def train_heads(heads, grid, f, y):
                 losses[h] += loss.item() * len(idx) / n
             step += 1
         bar.set_postfix_str(f"train loss best head {losses.min():.3f}, worst {losses.max():.3f}")
-    return losses  # of the last epoch, per head
+    return losses
 
 
 @torch.no_grad()
-def predict(heads, f, batch=32):
-    """Outputs of every head, (H, n, num_outputs) float32 on the CPU."""
+def predict(heads, f, batch=32):  # (H, n, num_outputs) float32 on the CPU
     outs = []
     for i in range(0, len(f["feats"]), batch):
         x, present = f["feats"][i:i + batch].to(device).float(), f["present"][i:i + batch]
@@ -442,22 +385,20 @@ def predict(heads, f, batch=32):
     return torch.cat(outs, 1)
 
 
-# -----------------------------------------------------------------------------
-# metrics: views per video; regression averaged per study (all clips/videos of a patient share its EF)
-
-
-def zscore_stats(labels):
-    """(mean, std) of regression targets, from the TRAIN labels; stored with the probe (probe.pt 'zscore')."""
+def zscore_stats(labels):  # (mean, std) of the TRAIN regression targets, stored with the probe (probe.pt 'zscore')
     return float(np.mean(labels)), float(np.std(labels) + 1e-8)
 
 
-def zscore(y, stats, inverse=False):
-    """Standardise targets with train statistics (inverse=True maps predictions back to EF points / mmHg)."""
+def zscore(y, stats, inverse=False):  # inverse=True maps predictions back to EF points / mmHg
     return y * stats[1] + stats[0] if inverse else (y - stats[0]) / stats[1]
 
 
-def evaluate(out, f, zstats):
-    """(metrics dict, prediction rows). out (n, num_outputs) of one head."""
+def targets(f):  # what a probe is trained on: class ids, or labels z-scored with this run's train statistics
+    return f["label"] if classification else torch.from_numpy(zscore(f["label"].numpy(), zstats)).float()
+
+
+def evaluate(out, f):
+    """(metrics, prediction rows) of one head's outputs out (n, num_outputs)."""
     labels = f["label"].numpy()
     if classification:
         pred, C = out.argmax(1).numpy(), out.shape[1]
@@ -468,99 +409,69 @@ def evaluate(out, f, zstats):
                  confusion=conf.tolist(), n=len(labels))
         return m, [(s, v, int(p), int(y)) for s, v, p, y in zip(f["study"], f["video"], pred, labels)]
     pred = zscore(out[:, 0].numpy().astype(np.float64), zstats, inverse=True)
-    studies = sorted(set(f["study"]))
-    where = {s: i for i, s in enumerate(studies)}
-    g = np.array([where[s] for s in f["study"]])
-    count = np.bincount(g, minlength=len(studies))
+    studies, g = np.unique(f["study"], return_inverse=True)  # g: each video's study
+    count = np.bincount(g)
     p, y = np.bincount(g, pred) / count, np.bincount(g, labels) / count  # study means
-    err = p - y
-    ss = ((y - y.mean()) ** 2).sum()
+    err, ss = p - y, ((y - y.mean()) ** 2).sum()
     r2 = 1 - (err ** 2).sum() / ss if ss > 0 else float("nan")  # undefined for one study or equal labels
     pearson = float(np.corrcoef(p, y)[0, 1]) if len(y) > 1 and p.std() > 0 and y.std() > 0 else float("nan")
     m = dict(mae=float(np.abs(err).mean()), rmse=float(np.sqrt((err ** 2).mean())), r2=float(r2), pearson=pearson,
              n=len(studies))
-    return m, [(s, v, float(q), float(t), float(p[where[s]])) for s, v, q, t in zip(f["study"], f["video"], pred, labels)]
+    rows = zip(f["study"], f["video"], pred, labels, p[g])
+    return m, [(s, v, float(q), float(t), float(q_study)) for s, v, q, t, q_study in rows]
 
 
-def write_predictions(split, rows):
-    with open(os.path.join(cfg.out_dir, f"{split}_predictions.csv"), "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["study", "video", "prediction", "label"] + ([] if classification else ["study_prediction"]))
-        w.writerows(rows)
+cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]  # of the tables
+pred_header = ["study", "video", "prediction", "label"] + ([] if classification else ["study_prediction"])
+
+# -----------------------------------------------------------------------------
+# pictures: numpy rasters written with PyAV (data.write_png / write_video), no plotting library; a colour map, 10
+# distinct hues and a 3x5 bitmap font (a glyph is 5 rows x 3 bits, the top row in the high bits)
+
+PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)], np.uint8)
+FONT = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-.%", [
+    0x7b6f, 0x2c97, 0x73e7, 0x73cf, 0x5bc9, 0x79cf, 0x79ef, 0x7249, 0x7bef, 0x7bcf, 0x2bed, 0x6bae, 0x3923, 0x6b6e,
+    0x79a7, 0x79a4, 0x396b, 0x5bed, 0x7497, 0x126a, 0x5bad, 0x4927, 0x5fed, 0x6b6d, 0x2b6a, 0x6ba4, 0x2b73, 0x6bad,
+    0x388e, 0x7492, 0x5b6f, 0x5b6a, 0x5bfd, 0x5aad, 0x5a92, 0x72a7, 0x01c0, 0x0002, 0x52a5]))
+
+
+def jet(x):  # values in [0, 1], any shape -> uint8 RGB (..., 3): dark blue -> cyan -> yellow -> dark red
+    x = np.clip(np.asarray(x, np.float64), 0, 1)[..., None]
+    return np.round(255 * np.clip(1.5 - np.abs(4 * x - np.array([3, 2, 1])), 0, 1)).astype(np.uint8)
+
+
+def draw_text(img, y, x, text, scale=2):
+    """Black FONT text (upper case, other characters blank) into an (H, W, 3) image from its top-left corner (y, x),
+    a font pixel scale x scale, one between characters, clipped at the border."""
+    for i, ch in enumerate(text.upper()):
+        glyph = ((FONT.get(ch, 0) >> np.arange(14, -1, -1)) & 1).reshape(5, 3).repeat(scale, 0).repeat(scale, 1)
+        box = img[y:y + 5 * scale, x + 4 * scale * i:x + 4 * scale * i + 3 * scale]  # (5*scale, 3*scale, 3)
+        box[glyph[:box.shape[0], :box.shape[1]].astype(bool)] = 0
 
 
 def confusion_png(path, conf, cell=24):
-    """Row-normalised confusion matrix as a grey PNG (rows true, columns predicted, in data.VIEWS order; dark =
-    many), cells of `cell` pixels with light grid lines: a numpy raster, no plotting library."""
+    """The row-normalised confusion matrix in grey (rows true, columns predicted, data.VIEWS order; dark = many),
+    cells of `cell` pixels with light grid lines."""
     frac = np.asarray(conf, np.float64) / np.maximum(np.asarray(conf).sum(1, keepdims=True), 1)
     img = np.kron(255 - np.round(frac * 255), np.ones((cell, cell))).astype(np.uint8)
     img[::cell, :], img[:, ::cell] = 200, 200
     data.write_png(path, np.pad(img, ((0, 1), (0, 1)), constant_values=200))
 
 
-# -----------------------------------------------------------------------------
-# pictures: numpy rasters written with PyAV (data.write_png / write_video), no plotting library
-
-# the picture kit, no plotting library: a colour map, a palette and a 3x5 bitmap font
-PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-                    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)], np.uint8)  # 10 distinct hues
-FONT = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-.%", [  # glyph = 5 rows x 3 bits, top row in the high bits
-    0x7b6f, 0x2c97, 0x73e7, 0x73cf, 0x5bc9, 0x79cf, 0x79ef, 0x7249, 0x7bef, 0x7bcf, 0x2bed, 0x6bae, 0x3923, 0x6b6e,
-    0x79a7, 0x79a4, 0x396b, 0x5bed, 0x7497, 0x126a, 0x5bad, 0x4927, 0x5fed, 0x6b6d, 0x2b6a, 0x6ba4, 0x2b73, 0x6bad,
-    0x388e, 0x7492, 0x5b6f, 0x5b6a, 0x5bfd, 0x5aad, 0x5a92, 0x72a7, 0x01c0, 0x0002, 0x52a5]))
-
-
-def jet(x):
-    """Colour map: values in [0, 1], any shape -> uint8 RGB (..., 3), dark blue -> cyan -> yellow -> dark red."""
-    x = np.clip(np.asarray(x, np.float64), 0, 1)[..., None]
-    return np.round(255 * np.clip(1.5 - np.abs(4 * x - np.array([3, 2, 1])), 0, 1)).astype(np.uint8)
-
-
-def draw_text(img, y, x, text, color, scale=2):
-    """Write text into an (H, W, 3) uint8 image in place, top-left corner (y, x): the 3x5 FONT (upper case; other
-    characters are blank), each font pixel scale x scale, one font pixel between characters, clipped at the border."""
-    for i, ch in enumerate(text.upper()):
-        glyph = ((FONT.get(ch, 0) >> np.arange(14, -1, -1)) & 1).reshape(5, 3).astype(bool)
-        glyph = glyph.repeat(scale, 0).repeat(scale, 1)  # (5*scale, 3*scale)
-        box = img[y:y + 5 * scale, x + 4 * scale * i:x + 4 * scale * i + 3 * scale]
-        box[glyph[:box.shape[0], :box.shape[1]]] = color
-
-
-def scatter_png(path, xy, colours, legend, title="", notes=(), S=400, r=3):
-    """Scatter plot PNG (S, S + 140, 3): points xy (n, 2) fitted into an S x S frame (y up), discs of radius r in
-    colours (n, 3), painted in a seeded random order (no group always on top); a right column with the title, the
-    legend [(colour, name)] and, at the bottom, the notes."""
-    img = np.full((S, S + 140, 3), 255, np.uint8)
-    img[[0, S - 1], :S], img[:, [0, S - 1]] = 160, 160  # frame
-    p = (r + 2 + (xy - xy.min(0)) / np.maximum(np.ptp(xy, 0), 1e-12) * (S - 2 * r - 5) + 0.5).astype(int)  # (n, 2)
-    dy, dx = np.nonzero(np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r + 0.3)  # offsets of a disc, + r
-    o = np.random.default_rng(0).permutation(len(p))
-    img[S - 1 - r - p[o, 1, None] + dy, p[o, 0, None] + dx - r] = colours[o][:, None]  # (n, disc) pixels
-    draw_text(img, 10, S + 10, title, (0, 0, 0))
-    for k, (colour, name) in enumerate(legend):
-        img[30 + 18 * k:40 + 18 * k, S + 10:S + 20] = colour
-        draw_text(img, 30 + 18 * k, S + 26, name, (0, 0, 0))
-    for k, note in enumerate(notes):
-        draw_text(img, S - 18 * (len(notes) - k), S + 10, note, (0, 0, 0))
-    data.write_png(path, img)
-
-
-
 @torch.no_grad()
 def attention_maps(head, f, ds, n):
-    """attn_maps/<i>_<video>.mp4 of the first n test videos: the head's cross-attention (query -> tokens, mean of the
-    heads) on the first clip (of the first present view), one map per tubelet (2 frames, 16 x 16 px), min-max scaled
-    per clip, in jet colours blended 50/50 on the grey frames the encoder saw; .png: 4 frames, grey above heat."""
-    pt, ps = encoder.cfg.tubelet_size, encoder.cfg.patch_size
-    grid = (cfg.frames // pt, cfg.crop // ps, cfg.crop // ps)
-    N, peaks = math.prod(grid), []  # tokens per clip; peak weight / uniform weight
+    """attn_maps/<i>_<video>.mp4 of the first n test videos: the head's cross-attention (mean of its heads) on the
+    first clip of the first present view, min-max scaled, in jet colours blended 50/50 on the grey frames the encoder
+    saw; .png: 4 frames, grey above heat."""
+    N, peaks = math.prod(token_grid), []  # tokens per clip; peak weight / uniform weight
     os.makedirs(os.path.join(cfg.out_dir, "attn_maps"), exist_ok=True)
     for i in range(min(n, len(ds))):
         x, present = f["feats"][i:i + 1].to(device).float(), f["present"][i:i + 1]
         with autocast:
             att = head(x, key_padding(present, x.shape[1]), return_attn=True)[1].float()  # (1, nh, 1, L)
         v = int(present[0].int().argmax())  # view v's clips start at token v * num_clips * N
-        w = att[0, :, 0, v * cfg.num_clips * N:][:, :N].mean(0).view(grid).cpu().numpy()  # (T', H', W')
+        w = att[0, :, 0, v * cfg.num_clips * N:][:, :N].mean(0).view(token_grid).cpu().numpy()  # (T', H', W')
         peaks.append(w.max() * N / w.sum())
         clip = ds[i]["clips"][(v, 0) if multiview else 0][0].numpy()  # (T, crop, crop), ImageNet-normalised
         grey = np.clip((clip * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]) * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -571,26 +482,25 @@ def attention_maps(head, f, ds, n):
         pick = np.linspace(0, len(rgb) - 1, min(4, len(rgb))).round().astype(int)
         data.write_png(path + ".png", np.concatenate([np.hstack(grey[pick, ..., None].repeat(3, -1)),
                                                       np.hstack(rgb[pick])]))
-        if i == 0:  # the first video's middle tubelet as text, for terminals and the README
-            ramp, mid = " .:-=+*#%@", heat[len(heat) // 2, ::ps, ::ps]  # (H', W') in [0, 1]
-            print(f"attention of test video 0 ({f['video'][0]}), tubelet {grid[0] // 2}, min-max scaled ' ' to '@':")
-            for row in mid:
+        if i == 0:  # the middle tubelet as text: a ramp character (twice) per token
+            ramp = " .:-=+*#%@"
+            print(f"attention of test video 0 ({f['video'][0]}), tubelet {token_grid[0] // 2}, "
+                  "min-max scaled ' ' to '@':")
+            for row in heat[len(heat) // 2, ::ps, ::ps]:  # (H', W') in [0, 1]
                 print("    |" + "".join(2 * ramp[min(int(v * len(ramp)), len(ramp) - 1)] for v in row) + "|")
     print(f"attention maps of {len(peaks)} test videos: {cfg.out_dir}/attn_maps (peak weight {np.mean(peaks):.1f}x "
           f"the clip's uniform weight, on average)")
 
 
-def pca2(x):
-    """PCA of the rows of x (n, D), SVD of the centred data: coordinates (n, 2), directions (D, 2), variance shares."""
+def pca2(x):  # PCA of the rows of x (n, D) by SVD: coordinates (n, 2), directions (D, 2), variance shares
     x = x - x.mean(0)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     return x @ vh[:2].T, vh[:2].T, s[:2] ** 2 / (s ** 2).sum().clamp_min(1e-30)
 
 
 def silhouette(x, labels):
-    """Mean silhouette (Rousseeuw 1987) of the groups `labels` of the rows of x (n, D), Euclidean (sklearn's default):
-    (b - a) / max(a, b) per point, a = mean distance to its own group, b = to the nearest other group; 0 for a point
-    alone in its group; nan with < 2 groups. 1 = tight, separate groups, ~0 = mixed."""
+    """Mean silhouette (Rousseeuw 1987, Euclidean as sklearn) of the groups `labels` of the rows of x (n, D): (b - a)
+    / max(a, b), a = mean distance to its own group, b = to the nearest other; 0 alone in a group, nan for 1 group."""
     groups, labels = np.unique(labels, return_inverse=True)
     if len(groups) < 2:
         return float("nan")
@@ -603,34 +513,45 @@ def silhouette(x, labels):
     return float(np.where(size > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-30), 0).mean())
 
 
-def embed_map(f):
-    """embed_map.png: PC1 x PC2 of the test videos' mean-pooled frozen tokens (present views only), coloured by view
-    (--task view) or by label quintile (lvef and rvsp have no view to colour by: A4C clips, studies of all views),
-    and the silhouette of those groups in the full embedding space."""
+def embed_map(f, S=400, r=3):
+    """embed_map.png and the same as text: PC1 x PC2 of the test videos' mean-pooled tokens (present views only) by
+    view, or by label quintile (lvef, rvsp: no view to colour by), and the silhouette of those groups in full D."""
     keep = f["present"].repeat_interleave(f["feats"].shape[1] // f["present"].shape[1], dim=1)[..., None]  # (n, L, 1)
-    x = (f["feats"].float() * keep).sum(1) / keep.sum(1)  # (n, D)
-    y = f["label"].numpy()
+    x, y = (f["feats"].float() * keep).sum(1) / keep.sum(1), f["label"].numpy()  # (n, D), (n,)
     if classification:
         groups, colours = y.astype(int), PALETTE[np.arange(int(y.max()) + 1) % len(PALETTE)]
         names = {g: data.VIEWS[g] if g < len(data.VIEWS) else str(g) for g in np.unique(groups)}
+        mark = {g: {"PLAX": "L", "PSAX": "S"}.get(n) or n[1:2] or n for g, n in names.items()}  # A4C -> 4
     else:
         edges = np.quantile(y, np.linspace(0, 1, 6))
         groups, colours = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, 4), jet(np.arange(0.1, 1, 0.2))
         names = {g: f"{edges[g]:.0f}-{edges[g + 1]:.0f}" for g in np.unique(groups)}
+        mark = {g: str(g) for g in names}
     z, _, ratio = pca2(x.double())
     sil, what = silhouette(x.numpy(), groups), "views" if classification else "label quintiles"
-    scatter_png(os.path.join(cfg.out_dir, "embed_map.png"), z.numpy(), colours[groups],
-                     [(colours[g], name) for g, name in names.items()], cfg.task,
-                     [f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}"])
-    cols, rows = 64, 20  # the same scatter as text: one character per cell, the group of its last point
+    # the picture (S, S + 140, 3): discs of radius r in an S x S frame (y up), painted in a seeded random order (no
+    # group always on top); a right column with the title, the legend and, at the bottom, the numbers
+    img, xy = np.full((S, S + 140, 3), 255, np.uint8), z.numpy()
+    img[[0, S - 1], :S], img[:, [0, S - 1]] = 160, 160  # frame
+    p = (r + 2 + (xy - xy.min(0)) / np.maximum(np.ptp(xy, 0), 1e-12) * (S - 2 * r - 5) + 0.5).astype(int)  # (n, 2)
+    dy, dx = np.nonzero(np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r + 0.3)  # offsets of a disc, + r
+    o = np.random.default_rng(0).permutation(len(p))
+    img[S - 1 - r - p[o, 1, None] + dy, p[o, 0, None] + dx - r] = colours[groups][o][:, None]  # (n, disc) pixels
+    draw_text(img, 10, S + 10, cfg.task)
+    for k, (g, name) in enumerate(names.items()):
+        img[30 + 18 * k:40 + 18 * k, S + 10:S + 20] = colours[g]
+        draw_text(img, 30 + 18 * k, S + 26, name)
+    for k, note in enumerate([f"PC1 {100 * ratio[0]:.0f}%", f"PC2 {100 * ratio[1]:.0f}%", f"SIL {sil:.2f}"]):
+        draw_text(img, S - 18 * (3 - k), S + 10, note)
+    data.write_png(os.path.join(cfg.out_dir, "embed_map.png"), img)
+    W, H = 64, 20  # the text scatter: one character per cell, the group of its last point
     lo, hi = z.min(0).values, z.max(0).values
-    c = ((z - lo) / (hi - lo).clamp_min(1e-12) * torch.tensor([cols - 1.0, rows - 1.0])).round().long()  # (n, 2)
-    mark = {g: ({"PLAX": "L", "PSAX": "S"}.get(n) or n[1:2] or n) if classification else str(g) for g, n in names.items()}
-    canvas = [[" "] * cols for _ in range(rows)]
+    c = ((z - lo) / (hi - lo).clamp_min(1e-12) * torch.tensor([W - 1.0, H - 1.0])).round().long()  # (n, 2)
+    canvas = [[" "] * W for _ in range(H)]
     for (u, v), g in zip(c.tolist(), groups):
-        canvas[rows - 1 - v][u] = mark[g]
+        canvas[H - 1 - v][u] = mark[g]
     print("PC1 across, PC2 up; " + ", ".join(f"{mark[g]} = {n}" for g, n in names.items()))
-    print("\n".join("    |" + "".join(r) + "|" for r in canvas))
+    print("\n".join("    |" + "".join(row) + "|" for row in canvas))
     print(f"embedding map: {cfg.out_dir}/embed_map.png | PC1, PC2 explain {100 * ratio[0]:.1f} %, "
           f"{100 * ratio[1]:.1f} % | silhouette of the {what} (Euclidean, {x.shape[1]}-d) {sil:.3f}")
     return dict(silhouette=sil, groups=what, explained_variance=ratio.tolist())
@@ -638,12 +559,12 @@ def embed_map(f):
 
 # -----------------------------------------------------------------------------
 # the run, once per seed: encode -> fit -> select -> evaluate -> report. A seed draws the label subsets, the probe
-# init and batch order, and the random encoder; the splits (--data_seed) and, for a trained encoder, every encoded
-# clip stay the same, so --seeds measures the spread of the probe, not of the data.
+# init and batch order, and the random encoder; the splits (--data_seed) stay, so --seeds measures the spread of the
+# probe. A probe: dict(predict (features -> outputs), head, what (one line), best (hyper-parameters), val, labels).
 
 
 def load_probe():
-    """--ckpt_probe: (the trained attentive head, its metadata) from probe.py's probe.pt or an official probe file."""
+    """--ckpt_probe: (probe, z-score statistics) of probe.py's probe.pt (its best head) or of an official probe."""
     try:
         pk = torch.load(cfg.ckpt_probe, map_location="cpu", weights_only=False)
         sd = strip_prefixes(pk["classifiers"][0])
@@ -655,8 +576,9 @@ def load_probe():
         fail(f"--ckpt_probe {cfg.ckpt_probe} is a probe of width {width}, this encoder's width is {dim} "
              f"({encoder_source})")
     if "probe_args" in pk:  # ours (probe.py)
-        args, meta = pk["probe_args"], dict(grid=[tuple(g) for g in pk["grid"]], zscore=pk["zscore"], val=pk["val"],
-                                            n_train=pk.get("n_train"))
+        args, (lr, wd), stats = pk["probe_args"], pk["grid"][0], pk["zscore"]
+        probe = dict(what=f"best head lr {lr:g} wd {wd:g}", best=dict(lr=lr, wd=wd), val=pk["val"],
+                     labels={"train": pk["n_train"]} if pk.get("n_train") else {})
         if pk["config"]["task"] != cfg.task:
             fail(f"--ckpt_probe {cfg.ckpt_probe} is a {pk['config']['task']} probe, not --task {cfg.task}")
         if pk.get("encoder", encoder_source) != encoder_source:  # allowed (same width), but say so
@@ -666,16 +588,16 @@ def load_probe():
         args = dict(dim=dim, num_outputs=len(sd.get("linear.weight", [0])), heads=nh,
                     depth=1 + len({k.split(".")[2] for k in sd if k.startswith("pooler.blocks.")}),
                     num_views=len(sd.get("view_embed.weight", ())), num_clips=len(sd.get("clip_embed.weight", [0])))
-        meta = dict(grid=[], zscore=None, val=None, n_train=None)
+        probe, stats = dict(what=f"official probe {cfg.ckpt_probe}", best=None, val=None, labels={}), None
         if (args["num_outputs"] > 1) != classification or (args["num_views"] > 0) != multiview:
-            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs and {args['num_views']} view slots: "
-                 f"not a --task {cfg.task} probe")
+            fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_outputs']} outputs and {args['num_views']} view "
+                 f"slots: not a --task {cfg.task} probe")
         if len(pk["classifiers"]) > 1:
             print(f"--ckpt_probe {cfg.ckpt_probe}: {len(pk['classifiers'])} classifiers, evaluating the first")
         if not classification:  # no z-score statistics stored: the train split's labels (never encoded)
-            meta["zscore"] = zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
+            stats = zscore_stats(dataset("train", cfg.train_domain, cfg.data).labels)
             print(f"official probe without z-score statistics: using the train labels of {cfg.data} "
-                  f"(mean {meta['zscore'][0]:.3f}, std {meta['zscore'][1]:.3f})")
+                  f"(mean {stats[0]:.3f}, std {stats[1]:.3f})")
     check_fit(args["num_outputs"], args.get("num_views", 0))
     if multiview and args["num_clips"] != cfg.num_clips:  # else its slot embeddings would land on the wrong tokens
         fail(f"--ckpt_probe {cfg.ckpt_probe} has {args['num_clips']} clip slots per view, this run encodes "
@@ -685,88 +607,97 @@ def load_probe():
         load_strict(head, sd, f"--ckpt_probe {cfg.ckpt_probe}")
     except ValueError as e:
         fail(str(e))
-    return head, meta
+    return dict(probe, head=head, predict=lambda f: predict([head], f)[0]), stats
 
 
-def fit_linear(tr, y):
-    """--probe linear: closed-form ridge (model.ridge) on each pooling of the labelled videos' tokens; the pooling
-    and lambda with the smallest leave-one-out error win. Selection from the train labels alone: no val labels."""
-    x = pooled(tr)
+def fit_linear(tr):
+    """Closed-form ridge (model.ridge) on each pooling of the train tokens; the pooling and lambda with the smallest
+    leave-one-out error are selected, from the train labels alone."""
+    x, y = pooled(tr), targets(tr)
     t = F.one_hot(y.long(), train_ds.num_classes).double() if classification else y.double()[:, None]
-    fits = {p: ridge(x[p], t) for p in x}
-    pool = min(fits, key=lambda p: fits[p][2])
-    return dict(pool=pool, W=fits[pool][0], b=fits[pool][1], loo={p: fit[2] for p, fit in fits.items()})
+    fits = {p: ridge(x[p], t) for p in x}  # pooling -> (W, b, LOO mean squared error)
+    pool, loo = min(fits, key=lambda p: fits[p][2]), {p: fit[2] for p, fit in fits.items()}
+    W, b = fits[pool][:2]
+    return dict(what=f"linear probe (ridge on {pool}-pooled tokens, LOO MSE "
+                + ", ".join(f"{p} {v:.4f}" for p, v in loo.items()) + ")", best=dict(pool=pool),
+                val=[dict(pool=pool, loo_mse=loo)], labels={"train": len(y)}, head=None,
+                predict=lambda f: (pooled(f)[pool] @ W + b).float())
 
 
-def fit_attentive(tr, y, va):
-    """The lr x wd grid of attentive heads, trained in parallel, sorted best first on the val subset."""
+def fit_attentive(tr):
+    """The lr x wd grid of attentive heads; the best on a val subset, labelled at the train fraction of a train-sized
+    pool (honest at 1 %), is selected and its predictions written; probe.pt keeps every head, best first."""
+    val_used = label_subset(val_ds.labels, min(1.0, cfg.label_frac * len(train_ds) / len(val_ds)), cfg.seed + 1,
+                            classification)
+    print(f"{len(cfg.lrs) * len(cfg.wds)} heads x {cfg.epochs} epochs | probe depth {cfg.probe_depth}, {nh} "
+          f"heads | best head chosen on {len(val_used)}/{len(val_ds)} val items")
+    va = features("val", val_ds, val_used)
     args = dict(dim=dim, num_outputs=train_ds.num_classes if classification else 1, depth=cfg.probe_depth, heads=nh,
                 num_views=tr["present"].shape[1] if multiview else 0, num_clips=cfg.num_clips,
                 pos_grid=token_grid if cfg.probe_pos else None)
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
     torch.manual_seed(cfg.seed)
     heads = [AttentiveProbe(**args).to(device) for _ in grid]
-    train_loss = train_heads(heads, grid, tr, y.to(device))
-    outs = predict(heads, va)
-    yv = va["label"] if classification else torch.from_numpy(zscore(va["label"].numpy(), zstats)).float()
-    val = [dict(lr=lr, wd=wd, train_loss=float(tl), val_loss=float(loss_fn(o, yv)), **evaluate(o, va, zstats)[0])
+    train_loss = train_heads(heads, grid, tr, targets(tr).to(device))
+    outs, yv = predict(heads, va), targets(va)
+    val = [dict(lr=lr, wd=wd, train_loss=float(tl), val_loss=float(loss_fn(o, yv)), **evaluate(o, va)[0])
            for (lr, wd), tl, o in zip(grid, train_loss, outs)]
     order = sorted(range(len(heads)), key=lambda h: (-val[h]["accuracy"], h) if classification else (val[h]["mae"], h))
-    write_predictions("val", evaluate(outs[order[0]], va, zstats)[1])
+    write_csv("val_predictions.csv", pred_header, evaluate(outs[order[0]], va)[1])
     heads, grid, val = [heads[h] for h in order], [grid[h] for h in order], [val[h] for h in order]
-    # classifiers: every head's state dict, best on val first (grid and val list the same order)
     torch.save(dict(classifiers=[h.state_dict() for h in heads], grid=grid, val=val, zscore=zstats,
                     probe_args={k: v for k, v in args.items() if k != "pos_grid" or v}, n_train=len(tr["label"]),
                     encoder=encoder_source, config=asdict(cfg)), os.path.join(cfg.out_dir, "probe.pt"))
-    return heads[0].eval(), grid, val
+    head, (lr, wd) = heads[0].eval(), grid[0]
+    return dict(what=f"attentive probe, best head lr {lr:g} wd {wd:g}", best=dict(lr=lr, wd=wd), val=val,
+                labels={"train": len(tr["label"]), "val": len(val_used)}, head=head,
+                predict=lambda f: predict([head], f)[0])
 
 
 def evaluate_all(predict_fn):
-    """Test (kept for the pictures), every --eval_data set (evaluated once, not kept) and, with --robustness, the
-    corrupted test sets: (results {name: metrics}, external {name: metrics}, test features)."""
-    results, external, te = {}, {}, None
+    """(results {name: metrics} of test and the --robustness sets, external {name: metrics} of the --eval_data sets,
+    the test features, kept for the pictures)."""
+    results, external = {}, {}
     for name, (src, ds) in {"test": (cfg.data, test_ds), **ext}.items():
         f = features(name, ds, range(len(ds)), keep=name == "test")
-        te = f if name == "test" else te
-        m, rows = evaluate(predict_fn(f), f, zstats)
-        write_predictions(name, rows)
+        m, rows = evaluate(predict_fn(f), f)
+        write_csv(f"{name}_predictions.csv", pred_header, rows)
         if classification:
             confusion_png(os.path.join(cfg.out_dir, f"confusion_{name}.png"), m["confusion"])
         if name == "test":
-            results["test"] = m
+            results["test"], te = m, f
         else:
             external[name] = dict(data=src, **m)
-    if cfg.robustness:  # same probe, test videos corrupted on the fly (one static map per video, SPEC section 8)
-        for kind in kinds:
-            for level in levels:
-                fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
-                ds = dataset("test", cfg.eval_domain, cfg.data, frame_fn=fn)
-                f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level), keep=False)
-                results[f"{kind}_{level}"] = evaluate(predict_fn(f), f, zstats)[0]
+    for kind, level in [(k, lv) for k in kinds for lv in levels] if cfg.robustness else []:
+        # the same probe on the test videos corrupted on the fly (one static map per video, SPEC section 8)
+        fn = partial(corrupt.corrupt_video, kind=kind, level=level, seed=cfg.seed)
+        ds = dataset("test", cfg.eval_domain, cfg.data, frame_fn=fn)
+        f = features(f"test_{kind}_{level}", ds, range(len(ds)), key_extra=(kind, level), keep=False)
+        results[f"{kind}_{level}"] = evaluate(predict_fn(f), f)[0]
     return results, external, te
 
 
-def report(results, external, what, n_labels, val_metrics, best_hp):
+def report(results, external, probe, embed_info):
     """metrics.json and one summary table; returns the summary."""
+    test, val, n_labels = results.pop("test"), probe["val"], probe["labels"]
     key = "accuracy" if classification else "mae"
-    clean = results["test"][key]
-    for name, m in results.items():  # relative degradation: MAE increase / accuracy drop, % of clean
-        if name != "test":
-            m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
-    avg_deg = float(np.mean([m["degradation_pct"] for n, m in results.items() if n != "test"])) if cfg.robustness else None
-    summary = dict(task=cfg.task, encoder=encoder_source, probe=what, label_frac=cfg.label_frac, labels=n_labels,
-                   n_train=n_labels.get("train"), best=best_hp, val=val_metrics, test=results.pop("test"), external=external or None,
-                   robustness=results or None, avg_degradation_pct=avg_deg, embed_map=embed_info,
-                   train_domain=cfg.train_domain, eval_domain=cfg.eval_domain,
-                   seconds=dict(encode=round(encode_seconds[0], 1), train=round(t_train, 1)), config=asdict(cfg))
+    clean = test[key]
+    for m in results.values():  # the corrupted sets: MAE increase / accuracy drop, % of clean
+        m["degradation_pct"] = 100 * ((m[key] - clean) if not classification else (clean - m[key])) / max(clean, 1e-12)
+    avg_deg = float(np.mean([m["degradation_pct"] for m in results.values()])) if cfg.robustness else None
+    summary = dict(task=cfg.task, encoder=encoder_source, probe=probe["what"], label_frac=cfg.label_frac,
+                   labels=n_labels, n_train=n_labels.get("train"), best=probe["best"], val=val, test=test,
+                   external=external or None, robustness=results or None, avg_degradation_pct=avg_deg,
+                   embed_map=embed_info, train_domain=cfg.train_domain, eval_domain=cfg.eval_domain,
+                   seconds={k: round(v, 1) for k, v in timing.items()}, config=asdict(cfg))
     with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     unit = "" if classification else (" (EF points)" if cfg.task == "lvef" else " (mmHg)")
     seen = " + ".join(f"{v} {k}" for k, v in n_labels.items())
-    print(f"\n{cfg.task} probe{unit} | {encoder_source} | {what}" + (f" | labels seen: {seen}" if seen else "")
-          + f" | encode {encode_seconds[0]:.0f} s, train {t_train:.0f} s | {cfg.out_dir}")
-    table = [(f"val ({cfg.train_domain}, best head)", val_metrics[0])] if val_metrics and "n" in val_metrics[0] else []
-    table += [(f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", summary["test"])]
+    print(f"\n{cfg.task} probe{unit} | {encoder_source} | {probe['what']}" + (f" | labels seen: {seen}" if seen else "")
+          + f" | encode {timing['encode']:.0f} s, train {timing['train']:.0f} s | {cfg.out_dir}")
+    table = [(f"val ({cfg.train_domain}, best head)", val[0])] if val and "n" in val[0] else []
+    table += [(f"test ({cfg.eval_domain}{', clean' if cfg.robustness else ''})", test)]
     table += [(f"  {n.split('_')[0].upper()} {n.split('_')[1]}", m) for n, m in results.items()]
     table += list(external.items())  # --eval_data sets: their paths are in metrics.json
     w = max(26, *(len(n) + 2 for n, _ in table))
@@ -776,72 +707,58 @@ def report(results, external, what, n_labels, val_metrics, best_hp):
               + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
     if cfg.robustness:
         print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")
-    if n_labels.get("train", 50) < 50:  # measured: 12 labels, one encoder, seeds 0-2 gave test accuracy 0.24 / 0.37 / 0.34
+    if n_labels.get("train", 50) < 50:  # measured: 12 labels, seeds 0-2 gave test accuracy 0.24 / 0.37 / 0.34
         print(f"note: {n_labels['train']} labelled train items: results move by several points with --seed alone "
               "(README, 'Measured'); compare encoders over a few seeds")
-    if not classification and summary["test"]["r2"] <= 0:  # a constant predictor is perfectly 'robust': say so
+    if not classification and test["r2"] <= 0:  # a constant predictor is perfectly 'robust': say so
         print("note: test R2 <= 0, the probe predicts about the train mean; more labels (--label_frac) or epochs "
               "are needed before these numbers say anything about the encoder")
     return summary
 
 
-dim = encoder.cfg.dim
-nh = max(h for h in range(1, cfg.probe_heads + 1) if dim % h == 0)  # 16 for every official width
-cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]
-if cfg.export_features:
-    export_features()
+if cfg.export_features:  # pooled features of the labelled train items and of every val and test item, then exit
+    used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
+    sets = dict(train=features("train", train_ds, used), val=features("val", val_ds, range(len(val_ds))),
+                test=features("test", test_ds, range(len(test_ds))))
+    for name, f in sets.items():
+        f.update(pooled(f), split=[name] * len(f["label"]))
+    out = {k: np.concatenate([np.asarray(f[k]) for f in sets.values()])
+           for k in ("mean", "grid", "label", "split", "video", "study", "present")}
+    np.savez(os.path.join(cfg.out_dir, "features.npz"), **out)
+    write_csv("features.csv", ["row", "split", "video", "study", "label"],
+              [[i, *row] for i, row in enumerate(zip(out["split"], out["video"], out["study"], out["label"]))])
+    print(f"features of {encoder_source}: {len(out['split'])} videos ("
+          + ", ".join(f"{len(f['label'])} {name}" for name, f in sets.items()) + f") | mean {out['mean'].shape[1]}-d, "
+          f"grid {out['grid'].shape[1]}-d | {cfg.out_dir}/features.npz, features.csv")
     sys.exit(0)
+
 seeds, base_dir, runs = cfg.seeds or [cfg.seed], cfg.out_dir, []
 for i_seed, seed in enumerate(seeds):
-    cfg.seed, encode_seconds[0], t_train = seed, 0.0, 0.0
+    cfg.seed, timing = seed, dict(encode=0.0, train=0.0)
     if len(seeds) > 1:
         cfg.out_dir = os.path.join(base_dir, f"seed{seed}")
         os.makedirs(cfg.out_dir, exist_ok=True)
         print(f"\n--- seed {seed} ({i_seed + 1} of {len(seeds)}): {cfg.out_dir}")
     if cfg.random_init and i_seed > 0:  # a new random encoder per seed; its clips are encoded anew
         encoder, encoder_source = load_encoder()
-        encoder = encoder.to(device).eval().requires_grad_(False)
-        weights_key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in encoder.state_dict().values())).hexdigest()
-    if cfg.ckpt_probe:  # evaluate a trained probe: no train/val features needed
-        best, meta = load_probe()
-        zstats, val_metrics, n_labels = meta["zscore"], meta["val"], {"train": meta["n_train"]} if meta["n_train"] else {}
-        best_hp = dict(lr=meta["grid"][0][0], wd=meta["grid"][0][1]) if meta["grid"] else None
-        what = f"best head lr {meta['grid'][0][0]:g} wd {meta['grid'][0][1]:g}" if meta["grid"] else \
-            f"official probe {cfg.ckpt_probe}"
-        predict_fn = lambda f: predict([best], f)[0]  # noqa: E731
-    else:  # encode the labelled subset, fit, select
+        weights_key = weights_hash(encoder)
+    if cfg.ckpt_probe:  # a trained probe: only the test sets are encoded, nothing is fit
+        probe, zstats = load_probe()
+    else:  # encode this seed's labelled train subset; fit and select a probe on it
         used = label_subset(train_ds.labels, cfg.label_frac, cfg.seed, classification)
-        with open(os.path.join(cfg.out_dir, "train_subset.csv"), "w", newline="") as fh:
-            csv.writer(fh).writerows([["index", "video", "label"]] + [[i, train_ds.rows[i][3], train_ds.labels[i]]
-                                                                      for i in used])
+        write_csv("train_subset.csv", ["index", "video", "label"], [[i, train_ds.rows[i][3], train_ds.labels[i]]
+                                                                    for i in used])
         tr = features("train", train_ds, used)
-        zstats = None if classification else zscore_stats(tr["label"].numpy())
-        y = tr["label"] if classification else torch.from_numpy(zscore(tr["label"].numpy(), zstats)).float()
-        n_labels, t0 = {"train": len(used)}, time.time()
+        zstats = None if classification else zscore_stats(tr["label"].numpy())  # regression targets are z-scored
         print(f"probe {cfg.task} | encoder {encoder_source} | {probe_kind} | {len(used)}/{len(train_ds)} train items "
               f"(label_frac {cfg.label_frac}) | tokens/item {tr['feats'].shape[1]} x {dim}")
-        if probe_kind == "linear":
-            lin = fit_linear(tr, y)
-            val_metrics, best_hp = [dict(pool=lin["pool"], loo_mse=lin["loo"])], dict(pool=lin["pool"])
-            what = f"linear probe (ridge on {lin['pool']}-pooled tokens, LOO MSE " + \
-                ", ".join(f"{p} {v:.4f}" for p, v in lin["loo"].items()) + ")"
-            predict_fn = lambda f: (pooled(f)[lin["pool"]] @ lin["W"] + lin["b"]).float()  # noqa: E731
-        else:  # val labels drawn at the same fraction as the train labels (of a train-sized pool): honest at 1 %
-            val_used = label_subset(val_ds.labels, min(1.0, cfg.label_frac * len(train_ds) / len(val_ds)),
-                                    cfg.seed + 1, classification)
-            n_labels["val"] = len(val_used)
-            print(f"{len(cfg.lrs) * len(cfg.wds)} heads x {cfg.epochs} epochs | probe depth {cfg.probe_depth}, {nh} "
-                  f"heads | best head chosen on {len(val_used)}/{len(val_ds)} val items")
-            best, grid, val_metrics = fit_attentive(tr, y, features("val", val_ds, val_used))
-            best_hp = dict(lr=grid[0][0], wd=grid[0][1])
-            what = f"attentive probe, best head lr {grid[0][0]:g} wd {grid[0][1]:g}"
-            predict_fn = lambda f: predict([best], f)[0]  # noqa: E731
-        t_train = time.time() - t0
-    results, external, te = evaluate_all(predict_fn)
+        t0 = time.time()
+        probe = fit_linear(tr) if probe_kind == "linear" else fit_attentive(tr)
+        timing["train"] = time.time() - t0
+    results, external, te = evaluate_all(probe["predict"])  # test, --eval_data and --robustness sets
     if cfg.attn_maps:
-        attention_maps(best, te, test_ds, cfg.attn_maps)
-    embed_info = embed_map(te) if cfg.embed_map else None
-    runs.append(report(results, external, what, n_labels, val_metrics, best_hp))
+        attention_maps(probe["head"], te, test_ds, cfg.attn_maps)
+    runs.append(report(results, external, probe, embed_map(te) if cfg.embed_map else None))
 
 # -----------------------------------------------------------------------------
 # over seeds: mean +- sd (sample sd) and every seed's value, in metrics_seeds.json
@@ -854,8 +771,9 @@ if len(seeds) > 1:
     with open(os.path.join(base_dir, "metrics_seeds.json"), "w") as fh:
         json.dump(dict(task=cfg.task, encoder=runs[0]["encoder"], probe=probe_kind, seeds=seeds, test=agg,
                        runs=[os.path.join(base_dir, f"seed{s}") for s in seeds]), fh, indent=1)
-    print(f"\n{cfg.task} {probe_kind} probe over {len(seeds)} seeds | " + (
-        "random init, a new encoder per seed" if cfg.random_init else runs[0]["encoder"]) + f" | {base_dir}/metrics_seeds.json")
+    print(f"\n{cfg.task} {probe_kind} probe over {len(seeds)} seeds | "
+          + ("random init, a new encoder per seed" if cfg.random_init else runs[0]["encoder"])
+          + f" | {base_dir}/metrics_seeds.json")
     for c, m in agg.items():
-        print(f"test {c:<20} {m['mean']:.4f} +- {m['sd']:.4f}   (" +
-              ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(seeds, m["values"])) + ")")
+        print(f"test {c:<20} {m['mean']:.4f} +- {m['sd']:.4f}   ("
+              + ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(seeds, m["values"])) + ")")
