@@ -1,22 +1,22 @@
 """
 EchoJEPA / V-JEPA 2 pretraining: mask spatiotemporal tubes of an echo clip and predict the latent embeddings of
 the hidden tubes (from an EMA copy of the encoder) instead of their pixels. See ../shared/SPEC.md section 4.
+Along the run, a frozen read-out (view, LVEF, RankMe) of the target encoder goes to out_dir/readout.csv.
 
-CPU quick start (2 cores, synthetic echo, a few minutes):
-    python pretrain.py
-One node, 8 GPUs, the EchoJEPA-L recipe (README has the full table):
-    torchrun --standalone --nproc_per_node=8 pretrain.py --model vitl --crop 224 --batch_size 128 \
+    python pretrain.py                      # CPU quick start: synthetic echo, 2 cores, a few minutes
+    python pretrain.py --resume             # continue out_dir/ckpt.pt (same flags; SIGTERM/SIGINT save it first)
+    python pretrain.py --objective mae      # VideoMAE baseline: pixel targets; same encoder, checkpoint, read-out
+    python pretrain.py --readout_context    # also read out the context encoder, beside the target
+    python pretrain.py --readout none       # no read-outs (only the loss and collapse monitors)
+    python pretrain.py --readout_only random out/ckpt.pt pixels     # read out checkpoints, a random init, pixels
+    python pretrain.py --bench --model vitl --batch_size 64 --crop 224  # throughput, synthetic tensors, no PyAV
+One node, 8 GPUs, the EchoJEPA-L recipe (several nodes: add --nnodes --node_rank --rdzv_endpoint to torchrun):
+    torchrun --standalone --nproc_per_node=8 pretrain.py --model vitl --crop 224 --batch_size 128 \\
         --lr 1.75e-4 --start_lr 3.33e-5 --warmup 12000 --steps 72000 --ema 0.99925 0.99925 --init vitl.pt
-Several nodes (run on each node, with its --node_rank):
-    torchrun --nnodes=4 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
-        pretrain.py --model vitl ...
-Throughput benchmark (synthetic tensors on the device, no I/O):
-    python pretrain.py --bench --model vitl --batch_size 64 --crop 224
 """
 import argparse
 import copy
 import inspect
-import math
 import os
 import re
 import shutil
@@ -24,24 +24,22 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from masks import MASK_POLICIES, MaskCollator, budgets, sample_masks, sample_tube_mask
+from masks import MASK_POLICIES, MaskCollator
 from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict, pool_tokens, rankme, ridge
 
 # -----------------------------------------------------------------------------
 # config: every default here is the CPU quick start; each line is also a --flag
-
-
 @dataclass
 class Config:
     objective: str = "jepa"               # jepa (latent prediction) or mae (VideoMAE pixel-reconstruction baseline)
-    model: str = "vitq"                   # encoder size: vitt vits vitb vitl vith vitg (official), vitq (CPU quick start)
+    model: str = "vitq"                   # encoder size: vitt vits vitb vitl vith vitg (official), vitq (CPU)
     rope: str = "reference"               # RoPE layout: reference (as the released weights) or interleave (corrected)
     init: str = ""                        # official V-JEPA 2 / EchoJEPA checkpoint to start from ('' = random init)
     data: str = "synthetic"               # 'synthetic' (generated on the fly), a V-JEPA CSV, or an EchoNet folder
@@ -58,7 +56,7 @@ class Config:
     final_lr: float = 0.0                 # learning rate at the end of the cooldown
     wd: float = 0.04                      # AdamW weight decay on weights (ndim >= 2), 0 on biases and norms
     ema: tuple = (0.99, 0.999)            # target-encoder EMA momentum, linear from ema[0] to ema[1] over the run
-    masks: str = "official"               # mask policy: official (SPEC 3) or small (long-range blocks of 0.35, masks.py)
+    masks: str = "official"               # mask policy: official (SPEC 3) or small (long-range blocks of scale 0.35)
     mask_pairs: int = 1                   # mask pairs per generator sharing one target pass (data2vec 2.0); official 1
     reg_coeff: float = 0.0                # V-JEPA 1 variance hinge on predictions, mean(relu(1 - std)); official 0
     dtype: str = "auto"                   # float32 | bfloat16 | float16 | auto (bf16 on CUDA if supported, else fp32)
@@ -75,39 +73,30 @@ class Config:
     resume: bool = False                  # continue from out_dir/ckpt.pt: weights, optimiser, step
     bench: bool = False                   # throughput benchmark on synthetic device tensors, then exit
     bench_steps: int = 20                 # timed steps of --bench (after warm-up)
-    eval_interval: int = 400              # steps between read-outs of the target encoder, also at 0 and the end (0 = off)
-    readout_n: int = 10                   # read-out set: n train, 2.5n test clips per view; 8n train, 8n test A4C (LVEF)
-    readout: str = "auto"                 # read-out set: auto (labelled VAL of --data, else synthetic) | synthetic | data | none
+    eval_interval: int = 400              # steps between read-outs of the target encoder, also at 0 and the end; 0 off
+    readout_n: int = 10                   # read-out size: n train, 2.5n test clips per view; 8n, 8n A4C clips (LVEF)
+    readout: str = "auto"                 # read-out set; auto: the labelled VAL split of --data if any, else synthetic
     readout_context: bool = False         # also read out the context encoder (rows 'context'), beside the target
     readout_only: list = None             # read out these checkpoints' target encoders ('random', 'pixels'), then exit
 
-
 # argparse built from the block above; the comment of each line becomes its --help ('%' escaped: argparse formats it)
 HELP = {k: v.replace("%", "%%") for k, v in re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M)}
+CHOICES = dict(model=sorted(CONFIGS), objective=["jepa", "mae"], masks=sorted(MASK_POLICIES),
+               readout=["auto", "synthetic", "data", "none"])
+KINDS = {bool: dict(action=argparse.BooleanOptionalAction), tuple: dict(type=float, nargs=2), list: dict(nargs="+")}
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 for f in fields(Config):
-    if f.type is bool:
-        parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
-    elif f.type is tuple:
-        parser.add_argument(f"--{f.name}", type=float, nargs=2, default=f.default, help=HELP[f.name])
-    elif f.type is list:
-        parser.add_argument(f"--{f.name}", nargs="+", default=f.default, help=HELP[f.name])
-    else:
-        parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=HELP[f.name],
-                            choices=sorted(CONFIGS) if f.name == "model" else
-                            ["jepa", "mae"] if f.name == "objective" else
-                            sorted(MASK_POLICIES) if f.name == "masks" else
-                            ["auto", "synthetic", "data", "none"] if f.name == "readout" else None)
+    kind = KINDS.get(f.type, dict(type=f.type, choices=CHOICES.get(f.name)))
+    parser.add_argument(f"--{f.name}", default=f.default, help=HELP[f.name], **kind)
 cfg = Config(**vars(parser.parse_args()))
 cfg.ema = tuple(cfg.ema)
-if cfg.crop % 16:
-    parser.error(f"--crop {cfg.crop} is not a multiple of the 16-pixel patch size")
-if cfg.frames % 2 or cfg.frames < 2:
-    parser.error(f"--frames {cfg.frames} must be even (tubelets of 2 frames)")
-if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
-    parser.error(f"--dtype {cfg.dtype}: choose float32, bfloat16, float16 or auto")
-if cfg.init and not os.path.isfile(cfg.init):
-    parser.error(f"--init {cfg.init}: no such file")
+for bad, msg in [(cfg.crop % 16, f"--crop {cfg.crop} is not a multiple of the 16-pixel patch size"),
+                 (cfg.frames % 2 or cfg.frames < 2, f"--frames {cfg.frames} must be even (tubelets of 2 frames)"),
+                 (cfg.dtype not in ("auto", "float32", "bfloat16", "float16"),
+                  f"--dtype {cfg.dtype}: choose float32, bfloat16, float16 or auto"),
+                 (cfg.init and not os.path.isfile(cfg.init), f"--init {cfg.init}: no such file")]:
+    if bad:
+        parser.error(msg)
 
 
 def fail(msg):
@@ -115,23 +104,18 @@ def fail(msg):
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(1)
 
-
 # -----------------------------------------------------------------------------
 # system: DDP from the torchrun environment, device, dtype
 
 ddp = int(os.environ.get("RANK", -1)) != -1
+device = device_type = "cuda" if torch.cuda.is_available() else "cpu"
 if ddp:
-    torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local_rank = int(os.environ["LOCAL_RANK"])
-    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
+    torch.distributed.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
-else:
-    rank, world_size, local_rank = 0, 1, 0
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if ddp else (0, 1)
 master_process = rank == 0
-device_type = "cuda" if device.startswith("cuda") else "cpu"
 if cfg.dtype == "auto":
     cfg.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
@@ -146,8 +130,7 @@ torch.manual_seed(cfg.seed)
 if master_process and not cfg.bench:  # find out now, not at the first checkpoint hours later
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, ".write_test"), "w"):
-            pass
+        open(os.path.join(cfg.out_dir, ".write_test"), "w").close()
         os.remove(os.path.join(cfg.out_dir, ".write_test"))
     except OSError as e:
         fail(f"--out_dir {cfg.out_dir} is not writable ({e.strerror}); choose another folder")
@@ -155,12 +138,14 @@ if master_process and not cfg.bench:  # find out now, not at the first checkpoin
 # -----------------------------------------------------------------------------
 # model: context encoder + predictor (trained), target encoder (EMA copy, never in DDP, no grads)
 
-mcfg = copy.deepcopy(CONFIGS[cfg.model])
-mcfg.rope = cfg.rope
+mcfg = replace(CONFIGS[cfg.model], rope=cfg.rope)
 mae = cfg.objective == "mae"
+grid = (cfg.frames // 2, cfg.crop // 16, cfg.crop // 16)  # (T', H', W') tokens: tubelets of 2 x 16 x 16 pixels
 patch_dim = mcfg.in_chans * mcfg.tubelet_size * mcfg.patch_size ** 2  # pixels per tubelet
 encoder = Encoder(mcfg).to(device)
 predictor = build_predictor(mcfg, out_dim=patch_dim if mae else None).to(device)  # MAE: the pixel decoder
+# MAE has no EMA target: "target_encoder" is the encoder itself, so checkpoints keep one format for probe.py
+target_encoder = encoder if mae else copy.deepcopy(encoder).requires_grad_(False)  # updated only by EMA
 if cfg.init:  # official files: keys `encoder`, `predictor`, `target_encoder`, prefixed `module.backbone.`
     try:
         ckpt = torch.load(cfg.init, map_location="cpu", weights_only=False)
@@ -168,28 +153,20 @@ if cfg.init:  # official files: keys `encoder`, `predictor`, `target_encoder`, p
         fail(f"--init {cfg.init}: cannot read the checkpoint ({type(e).__name__}: {e})")
     if not isinstance(ckpt, dict) or not ({"encoder", "target_encoder"} & set(ckpt)):
         fail(f"--init {cfg.init}: expected a dict with 'encoder'/'target_encoder' (and 'predictor') entries")
-    try:
+    try:  # a file with one of the two encoders starts both from it
         load_strict(encoder, ckpt.get("encoder", ckpt.get("target_encoder")), f"--init {cfg.init} encoder")
         if "predictor" in ckpt:
             load_strict(predictor, ckpt["predictor"], f"--init {cfg.init} predictor")
         elif master_process:
             print(f"--init {cfg.init} has no 'predictor': the predictor starts from random init")
-    except ValueError as e:
-        fail(str(e))
-# MAE has no EMA target: "target_encoder" is the encoder itself, so checkpoints keep one format for probe.py
-target_encoder = encoder if mae else copy.deepcopy(encoder)
-if cfg.init and "target_encoder" in ckpt and not mae:
-    try:
-        load_strict(target_encoder, ckpt["target_encoder"], f"--init {cfg.init} target_encoder")
+        if not mae:
+            load_strict(target_encoder, ckpt.get("target_encoder", ckpt.get("encoder")),
+                        f"--init {cfg.init} target_encoder")
     except ValueError as e:
         fail(str(e))
     del ckpt
-if not mae:
-    target_encoder.requires_grad_(False)  # updated only by EMA
-for m in (encoder, predictor, target_encoder):
-    for blk in m.modules():
-        if hasattr(blk, "use_sdpa"):
-            blk.use_sdpa = cfg.sdpa
+for blk in [b for m in (encoder, predictor, target_encoder) for b in m.modules() if hasattr(b, "use_sdpa")]:
+    blk.use_sdpa = cfg.sdpa  # False: the explicit softmax attention, the slow reference
 encoder.grad_checkpointing = predictor.grad_checkpointing = cfg.grad_ckpt
 
 # AdamW with V-JEPA 2's groups: weight decay on weights and mask tokens (ndim >= 2), none on biases and norms.
@@ -206,9 +183,8 @@ if cfg.resume:  # resume = load and set step: data, masks and schedules are pure
         fail(f"--resume: no checkpoint at {ckpt_path}")
     try:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        load_strict(encoder, ckpt["encoder"], f"{ckpt_path} encoder")
-        load_strict(predictor, ckpt["predictor"], f"{ckpt_path} predictor")
-        load_strict(target_encoder, ckpt["target_encoder"], f"{ckpt_path} target_encoder")
+        for name, m in dict(encoder=encoder, predictor=predictor, target_encoder=target_encoder).items():
+            load_strict(m, ckpt[name], f"{ckpt_path} {name}")
         opt.load_state_dict(ckpt["opt"])
         step = ckpt["step"]
     except ValueError as e:
@@ -229,9 +205,8 @@ if ddp:  # static_graph: the encoder runs twice per step, and mask tokens 1..9 n
     predictor = torch.nn.parallel.DistributedDataParallel(predictor, static_graph=True)
 
 # -----------------------------------------------------------------------------
-# schedules: pure functions of the step
-
-
+# one training step: schedules (pure functions of the step, so resuming is setting the step), the JEPA loss (or the
+# MAE baseline's), AdamW, then the EMA of the target encoder; and its FLOPs
 def get_lr(it):
     """Warmup-stable-decay (V-JEPA 2 WSDSchedule): linear start_lr -> lr, constant, then linear -> final_lr."""
     if it < cfg.warmup:
@@ -245,13 +220,6 @@ def get_lr(it):
 def get_ema(it):
     """EMA momentum, linear from ema[0] to ema[1] over the run (EchoJEPA: 0.99925 constant)."""
     return cfg.ema[0] + (cfg.ema[1] - cfg.ema[0]) * it / max(1, cfg.steps)
-
-
-# -----------------------------------------------------------------------------
-# one JEPA step and its FLOP count
-
-
-grid = (cfg.frames // 2, cfg.crop // 16, cfg.crop // 16)
 
 
 def jepa_loss(clips, masks):
@@ -283,7 +251,7 @@ def tubelets(clips, t=2, p=16):
 
 
 def mae_loss(clips, masks):
-    """Baseline (VideoMAE, issue 8): same encoder on the 10 % visible tubes, the predictor as pixel decoder, MSE on
+    """VideoMAE baseline: the same encoder on the 10 % visible tubes, the predictor as pixel decoder, MSE on
     per-patch normalised pixels of the hidden tubelets. Only this function and the tube mask differ from JEPA."""
     (ctx, tgt), = masks
     z = predictor(encoder(clips, ctx), ctx, tgt, grid)  # (B, Kt, 3*t*p*p)
@@ -309,15 +277,9 @@ def train_step(clips, masks, it):
 
 
 def step_flops(mcfg, grid, mask_budgets, target=True, out_dim=None):
-    """Model FLOPs of one JEPA step per clip (NOTES-perf 1.3), split (matmul, attention).
-
-    One ViT forward over n tokens: F(n) = L * (2 n P + 4 n^2 d), P = (4 + 2r) d^2 matmul weights per block,
-    attention 4 n^2 d (QK^T and AV). Backward = 2 x forward. Per clip:
-      target encoder, forward on N:           F(N; enc) + 2 N Pe            (Pe = 3 t p^2 d, patch embed)
-      context encoder, per mask, fwd+bwd:     3 F(C_m; enc) + 4 C_m Pe      (only kept tubelets embedded; no input grad)
-      predictor, per mask, fwd+bwd:           3 F(C_m + K_m; pred) + 6 (C_m + K_m) d d_p   (embed + proj)
-    Activation checkpointing recomputes one forward: hardware FLOPs, not counted here.
-    MAE (target=False, out_dim = pixels per tubelet): no target pass, the decoder projects to out_dim."""
+    """Model FLOPs of one step per clip, (matmul, attention) (NOTES-perf 1.3): a ViT forward over n tokens costs
+    L (2 n P + 4 n^2 d), a backward twice that. The target encoder runs forward on all N tokens; per mask, the context
+    encoder (C tokens) and the predictor (C + K) forward and backward. MAE (target=False): no target pass."""
     N = grid[0] * grid[1] * grid[2]
     d, dp, L, Lp = mcfg.dim, mcfg.pred_dim, mcfg.depth, mcfg.pred_depth
     P = 2 * d * d * 2 + 2 * d * int(d * mcfg.mlp_ratio)  # qkv 3d^2 + proj d^2 + fc1, fc2
@@ -330,34 +292,24 @@ def step_flops(mcfg, grid, mask_budgets, target=True, out_dim=None):
         att += 3 * (L * 4 * C * C * d + Lp * 4 * (C + K) ** 2 * dp)
     return mm, att
 
-
-PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312)]  # dense bf16, no sparsity
-
-
-def peak_flops():
-    """Peak dense bf16 FLOP/s of this device, or None: an unknown device gets MFU 'n/a', never a guess."""
-    if device_type != "cuda" or ptdtype == torch.float32:
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key.replace(" ", "") in name.replace(" ", "")), None)
-
-
-mask_fn = (lambda keys, it: sample_tube_mask(grid, keys, cfg.seed)) if mae else \
-    (lambda keys, it: sample_masks(grid, keys, it, cfg.seed, MASK_POLICIES[cfg.masks], cfg.mask_pairs))
-try:  # fail now, in one line, if this clip geometry cannot meet the mask budgets (tiny crops)
-    mask_fn(list(range(cfg.batch_size)), 0)
+# Masks are data: the DataLoader's collate function draws them on CPU workers, per sample, from its key.
+global_batch = cfg.batch_size * world_size
+collate = MaskCollator(grid, global_batch, cfg.seed, cfg.objective, cfg.masks, cfg.mask_pairs)
+try:  # the masks of step 0 (clips not needed): fail now, in one line, if the clip is too small for the mask budgets
+    masks0 = collate([(key, torch.zeros(())) for key in range(cfg.batch_size)])[1]
 except RuntimeError as e:
     fail(str(e))
-flops_per_clip = sum(step_flops(mcfg, grid, [(c.shape[1], t.shape[1]) for c, t in mask_fn([0], 0)], target=not mae,
-                                out_dim=patch_dim if mae else None))
+mask_budgets = [(c.shape[1], t.shape[1]) for c, t in masks0]  # (context, target) tokens per mask
+flops_per_clip = sum(step_flops(mcfg, grid, mask_budgets, target=not mae, out_dim=patch_dim if mae else None))
 
 # -----------------------------------------------------------------------------
 # benchmark mode: synthetic device tensors, warm-up (compile included), then timed steps
 
+PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312)]  # dense bf16, no sparsity
 if cfg.bench:
     B = cfg.batch_size
     clips = torch.randn(B, 3, cfg.frames, cfg.crop, cfg.crop, device=device)
-    masks = [(c.to(device), t.to(device)) for c, t in mask_fn(list(range(B)), 0)]
+    masks = [(c.to(device), t.to(device)) for c, t in masks0]
     t0 = time.perf_counter()
     for i in range(3):  # warm-up: compile, cudnn autotune, allocator
         train_step(clips, masks, i)
@@ -378,11 +330,13 @@ if cfg.bench:
     else:  # shared CPUs are noisy: the median step, with the mean beside it
         dt, spread = float(np.median(times)), f" (median; mean {1e3 * np.mean(times):.1f})"
     name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    peak = peak_flops()
+    # MFU against the peak of a known GPU; fp32 or an unknown device gets 'n/a', never a guess
+    peak = None if ptdtype == torch.float32 else \
+        next((tf * 1e12 for key, tf in PEAK_TFLOPS if key.replace(" ", "") in name.replace(" ", "")), None)
     mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device_type == "cuda" else "n/a"
     mfu = f"{100 * flops_per_clip * B / dt / peak:.1f} %" if peak else "n/a"
-    print(f"bench | {name} | {cfg.objective} {cfg.model} {cfg.frames}x{cfg.crop}^2 batch {B} {cfg.dtype} compile={cfg.compile} "
-          f"grad_ckpt={cfg.grad_ckpt}")
+    print(f"bench | {name} | {cfg.objective} {cfg.model} {cfg.frames}x{cfg.crop}^2 batch {B} {cfg.dtype} "
+          f"compile={cfg.compile} grad_ckpt={cfg.grad_ckpt}")
     print(f"bench | warm-up {warm_s:.1f} s | {dt * 1e3:.1f} ms/step{spread} | {B / dt:.1f} clips/s | peak mem {mem} | "
           f"{flops_per_clip / 1e12:.3f} TFLOP/clip (model) | {flops_per_clip * B / dt / 1e12:.2f} TFLOP/s | MFU {mfu}")
     if ddp:
@@ -392,11 +346,9 @@ if cfg.bench:
 import data  # noqa: E402  (after the bench exit: --bench needs no video stack)
 
 # -----------------------------------------------------------------------------
-# online read-out: is the representation learning? Frozen-encoder features of a fixed labelled set, closed-form
-# ridge read-outs (as solo-learn's online monitors, without an optimiser; model.pool_tokens / ridge / rankme, the
-# same code as probe.py --probe linear). Step 0 is the random-init encoder of the same seed and architecture, so
-# every curve starts at its own random baseline; the 'pixels' row (raw tubelets, no encoder) is the floor that needs
-# no learning at all.
+# online read-out: is the representation learning? Closed-form ridge read-outs (model.ridge, as probe.py --probe
+# linear) of a frozen encoder's pooled tokens on a fixed labelled set, like solo-learn's online monitors. Step 0
+# is the random init, the baseline of every curve; 'pixels' (raw tubelets, no encoder) is the floor.
 
 READOUT_BASE = 3 * 10**9  # read-out patients: disjoint from the pretraining stream (keys < 2^20) and data.SPLIT_BASE
 READOUT_N = dict(view_train=cfg.readout_n, view_test=round(2.5 * cfg.readout_n), ef_train=8 * cfg.readout_n,
@@ -418,10 +370,8 @@ def data_readout_rows():
 
 
 def readout_set():
-    """The read-out clips, decoded or rendered once: uint8 grey (T, H, W) each, with index sets and labels. Real
-    data (--readout data, or auto with a labelled VAL split): LVEF only, the VAL rows split in halves (train, test).
-    Synthetic (patients seeded 0 for every run): the view task (every view of a patient) and LVEF (one A4C clip
-    per patient)."""
+    """The read-out clips (uint8 (T, H, W), decoded or rendered once), labels and index sets. Real data: LVEF only,
+    the VAL rows split in halves. Synthetic (the same patients every run): views and LVEF (one A4C clip each)."""
     rows, why = data_readout_rows() if cfg.readout in ("auto", "data") else (None, f"--readout {cfg.readout}")
     if rows is None and cfg.readout == "data":
         fail(f"--readout data: {why}")
@@ -436,17 +386,13 @@ def readout_set():
     items += [(READOUT_BASE + 10**6 + i, "A4C") for i in range(ne)]
     n_frames = max(data.SYNTH_FRAMES, cfg.frames * int(data.SYNTH_FPS // cfg.fps))
     idx = data.clip_indices(n_frames, data.SYNTH_FPS, cfg.frames, cfg.fps)[0]  # the centred clip, as probe.py's eval
-    clips, views, efs = [], [], []
-    for index, view in tqdm(items, desc="render read-out set", unit="clip", dynamic_ncols=True, leave=False):
-        video, lab = data.synth_video(0, index, view, frames=int(idx.max()) + 1, frame_idx=idx)
-        clips.append(video)
-        views.append(lab["view_id"])
-        efs.append(lab["EF"])
-    n_view, vt = len(data.VIEWS) * nv, len(data.VIEWS) * READOUT_N["view_train"]
-    ar = torch.arange(len(items))
-    return dict(clips=clips, view=torch.tensor(views)[:n_view], ef=torch.tensor(efs, dtype=torch.float64),
-                view_train=ar[:vt], view_test=ar[vt:n_view], ef_train=ar[n_view:n_view + READOUT_N["ef_train"]],
-                ef_test=ar[n_view + READOUT_N["ef_train"]:],
+    bar = tqdm(items, desc="render read-out set", unit="clip", dynamic_ncols=True, leave=False)
+    rendered = [data.synth_video(0, i, view, frames=int(idx.max()) + 1, frame_idx=idx) for i, view in bar]
+    n_view, vt, et = len(data.VIEWS) * nv, len(data.VIEWS) * READOUT_N["view_train"], READOUT_N["ef_train"]
+    ar = torch.arange(len(items))  # clips: every view of nv patients, then ne A4C clips
+    return dict(clips=[v for v, _ in rendered], view=torch.tensor([lab["view_id"] for _, lab in rendered])[:n_view],
+                ef=torch.tensor([lab["EF"] for _, lab in rendered], dtype=torch.float64), view_train=ar[:vt],
+                view_test=ar[vt:n_view], ef_train=ar[n_view:n_view + et], ef_test=ar[n_view + et:],
                 source="synthetic" + (f" ({why})" if cfg.data != "synthetic" else ""))
 
 
@@ -466,11 +412,18 @@ def readout_features(enc, clips):
     return {k: torch.cat([p[k] for p in pooled]).double() for k in ("mean", "grid")}
 
 
+def log(line):
+    """Print a line above the progress bar and append it to out_dir/log.txt (rank 0 of a training run)."""
+    tqdm.write(line)
+    if log_file is not None:
+        log_file.write(line + "\n")
+        log_file.flush()
+
+
 def readout(enc, it, what="target"):
     """Read out a frozen encoder (None: raw pixels) at step it: one log line, one row of out_dir/readout.csv."""
     global ro
-    t0 = time.perf_counter()
-    ro = ro if ro is not None else readout_set()
+    t0, ro = time.perf_counter(), ro or readout_set()  # the set is built at the first read-out
     was_training = enc is not None and enc.training
     feats = readout_features(enc if enc is None else enc.eval(), ro["clips"])
     if was_training:
@@ -479,9 +432,8 @@ def readout(enc, it, what="target"):
     row = dict(step=it, encoder=what)
     for name, f in feats.items():
         row[f"view_acc_{name}"] = float("nan")  # real data: no view labels
-        if ro["view"] is not None:
-            onehot = F.one_hot(ro["view"][ro["view_train"]], len(data.VIEWS)).double()
-            W, b, _ = ridge(f[ro["view_train"]], onehot)
+        if ro["view"] is not None:  # ridge on one-hot views, the class with the highest score
+            W, b, _ = ridge(f[ro["view_train"]], F.one_hot(ro["view"][ro["view_train"]], len(data.VIEWS)).double())
             pred = (f[ro["view_test"]] @ W + b).argmax(1)
             row[f"view_acc_{name}"] = float((pred == ro["view"][ro["view_test"]]).double().mean())
         W, b, _ = ridge(f[ro["ef_train"]], ef_tr[:, None])
@@ -494,42 +446,34 @@ def readout(enc, it, what="target"):
     views = "" if ro["view"] is None else \
         f"view acc {row['view_acc_mean']:.3f} (mean pool) {row['view_acc_grid']:.3f} (grid) | "
     line = (f"readout step {it:6d} | {views}LVEF MAE {row['ef_mae_mean']:.2f} R2 {row['ef_r2_mean']:.2f} (mean) "
-            f"{row['ef_mae_grid']:.2f} R2 {row['ef_r2_grid']:.2f} (grid), mean predictor {row['ef_mae_meanpred']:.2f} | "
-            f"RankMe {row['rankme']:.1f} | {row['seconds']:.1f} s" + ("" if what == "target" else f" | {what}")
+            f"{row['ef_mae_grid']:.2f} R2 {row['ef_r2_grid']:.2f} (grid), mean predictor {row['ef_mae_meanpred']:.2f}"
+            f" | RankMe {row['rankme']:.1f} | {row['seconds']:.1f} s" + ("" if what == "target" else f" | {what}")
             + ("" if ro["source"] == "synthetic" else f" | {ro['source']}"))
-    tqdm.write(line)
-    if log_file is not None:
-        log_file.write(line + "\n")
-        log_file.flush()
+    log(line)
     path = os.path.join(cfg.out_dir, "readout.csv")
     new = not os.path.isfile(path)
     with open(path, "a") as fh:
         fh.write((",".join(row) + "\n" if new else "") + ",".join(f"{v:.6g}" if isinstance(v, float) else str(v)
                                                                for v in row.values()) + "\n")
-    return row
-
 
 ro, log_file = None, None  # the read-out set, built at the first read-out; the training log (rank 0)
 if cfg.readout_only:  # read out saved checkpoints (e.g. --keep_ckpts files), a random init or the pixels, then exit
     for path in cfg.readout_only:
-        if path in ("random", "pixels"):  # random: the same weights as step 0 of a run with this --seed and --model
-            torch.manual_seed(cfg.seed)
-            if path == "pixels":
-                readout(None, 0, "pixels")
-            else:
-                readout(Encoder(mcfg).to(device), 0, f"random init (seed {cfg.seed})")
-            continue
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-            c = copy.deepcopy(CONFIGS[ck["config"]["model"]])
-            c.rope = ck["config"].get("rope", "reference")
-            enc = Encoder(c)
-            load_strict(enc, ck["target_encoder"], f"{path} target_encoder")
-        except ValueError as e:
-            fail(str(e))
-        except Exception as e:
-            fail(f"{path}: not a pretrain.py checkpoint ({type(e).__name__}: {e})")
-        readout(enc.to(device), int(ck.get("step", 0)), path)
+        torch.manual_seed(cfg.seed)  # random: the same weights as step 0 of a run with this --seed and --model
+        if path == "random":
+            readout(Encoder(mcfg).to(device), 0, f"random init (seed {cfg.seed})")
+        elif path == "pixels":
+            readout(None, 0, "pixels")
+        else:
+            try:
+                ck = torch.load(path, map_location="cpu", weights_only=False)
+                enc = Encoder(replace(CONFIGS[ck["config"]["model"]], rope=ck["config"].get("rope", "reference")))
+                load_strict(enc, ck["target_encoder"], f"{path} target_encoder")
+            except ValueError as e:
+                fail(str(e))
+            except Exception as e:
+                fail(f"{path}: not a pretrain.py checkpoint ({type(e).__name__}: {e})")
+            readout(enc.to(device), int(ck.get("step", 0)), path)
     sys.exit(0)
 
 # -----------------------------------------------------------------------------
@@ -541,32 +485,15 @@ except (ValueError, FileNotFoundError) as e:
     fail(str(e))
 
 
-class Keyed(torch.utils.data.Dataset):
-    """Hands the collate function each sample's key, from which it seeds that sample's masks."""
+class StepSamples(torch.utils.data.Dataset):
+    """Step it -> its (key, clip) samples, key = it * global_batch + rank * batch_size + i: the key seeds the clip
+    and, in the collate function, that sample's masks."""
+    def __getitem__(self, it):
+        k0 = (it * world_size + rank) * cfg.batch_size
+        return [(key, dataset[key]) for key in range(k0, k0 + cfg.batch_size)]
 
-    def __getitem__(self, key):
-        return key, dataset[key]
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Batch of keys for every step from `start`: keys = step * global_batch + rank * batch_size + i."""
-
-    def __init__(self, start):
-        self.start = start
-
-    def __len__(self):
-        return cfg.steps - self.start
-
-    def __iter__(self):
-        for it in range(self.start, cfg.steps):
-            k0 = (it * world_size + rank) * cfg.batch_size
-            yield list(range(k0, k0 + cfg.batch_size))
-
-
-global_batch = cfg.batch_size * world_size
-collate = MaskCollator(grid, global_batch, cfg.seed, cfg.objective, cfg.masks, cfg.mask_pairs)
-loader = torch.utils.data.DataLoader(
-    Keyed(), batch_sampler=StepBatches(step), collate_fn=collate,
+loader = torch.utils.data.DataLoader(  # batch_size None: each item is already a whole batch, collated in a worker
+    StepSamples(), batch_size=None, sampler=range(step, cfg.steps), collate_fn=collate,
     num_workers=cfg.num_workers, pin_memory=device_type == "cuda", persistent_workers=cfg.num_workers > 0,
     prefetch_factor=4 if cfg.num_workers > 0 else None)
 
@@ -575,14 +502,13 @@ def save_checkpoint(it, loss):
     """One dict (SPEC section 4), plain keys, written to a temp file then renamed: a kill never leaves it torn."""
     if not all(torch.isfinite(p).all() for p in raw_encoder.parameters()):  # never overwrite a good one with NaNs
         fail(f"encoder weights became NaN/inf before step {it}; stopping. {ckpt_path} (if any) was kept")
+    target = raw_encoder if mae else getattr(target_encoder, "_orig_mod", target_encoder)
     ckpt = dict(encoder=raw_encoder.state_dict(), predictor=raw_predictor.state_dict(),
-                target_encoder=(raw_encoder if mae else getattr(target_encoder, "_orig_mod", target_encoder)).state_dict(),
-                opt=opt.state_dict(), step=it, itr=it, epoch=it * global_batch // max(1, len(dataset)),
-                loss=loss, batch_size=cfg.batch_size, world_size=world_size, lr=get_lr(max(0, it - 1)),
-                config=asdict(cfg))
-    tmp = ckpt_path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, ckpt_path)
+                target_encoder=target.state_dict(), opt=opt.state_dict(), step=it, itr=it,
+                epoch=it * global_batch // max(1, len(dataset)), loss=loss, batch_size=cfg.batch_size,
+                world_size=world_size, lr=get_lr(max(0, it - 1)), config=asdict(cfg))
+    torch.save(ckpt, ckpt_path + ".tmp")
+    os.replace(ckpt_path + ".tmp", ckpt_path)
     if cfg.keep_ckpts:  # a hard link (no copy): the next os.replace gives ckpt.pt a new file and leaves this one
         kept = os.path.join(cfg.out_dir, f"ckpt_{it:06d}.pt")
         if os.path.exists(kept):  # a resumed run saving the same step again
@@ -591,7 +517,6 @@ def save_checkpoint(it, loss):
             os.link(ckpt_path, kept)
         except OSError:  # a file system without hard links: the same bytes, copied
             shutil.copyfile(ckpt_path, kept)
-
 
 # Preemption: SIGTERM/SIGINT only set a flag; the loop saves at the next step boundary and exits 0.
 stop_signal = []
@@ -602,15 +527,15 @@ signal.signal(signal.SIGINT, lambda sig, frame: stop_signal.append(sig))
 # training loop
 
 if master_process:
-    n_enc, n_pred = sum(p.numel() for p in raw_encoder.parameters()), sum(p.numel() for p in raw_predictor.parameters())
-    print(f"{cfg.objective} {cfg.model}: encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params | grid {grid} | "
-          f"masks (ctx, tgt) {[(c.shape[1], t.shape[1]) for c, t in mask_fn([0], 0)]} | {cfg.dtype} on {device} x{world_size} | data {cfg.data} "
-          f"({len(dataset)} videos) | {flops_per_clip / 1e9:.1f} GFLOP/clip")
+    n_enc, n_pred = (sum(p.numel() for p in m.parameters()) for m in (raw_encoder, raw_predictor))
+    print(f"{cfg.objective} {cfg.model}: encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params | "
+          f"grid {grid} | masks (ctx, tgt) {mask_budgets} | {cfg.dtype} on {device} x{world_size} | "
+          f"data {cfg.data} ({len(dataset)} videos) | {flops_per_clip / 1e9:.1f} GFLOP/clip")
     log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
     log_file.write(f"config {asdict(cfg)}\n")
 
 pbar = tqdm(total=cfg.steps, initial=step, disable=not master_process, dynamic_ncols=True, desc="pretrain")
-loss_acc, stats_acc, n_acc = torch.zeros((), device=device), torch.zeros(2, device=device), 0
+acc, n_acc = torch.zeros(3, device=device), 0  # summed (loss, std tgt, std pred) since the last log line
 bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, checked without a sync
 t_data, t_log, last_loss = 0.0, time.perf_counter(), float("nan")
 data_iter = iter(loader)
@@ -628,22 +553,19 @@ while step < cfg.steps:
     masks = [(c.to(device, non_blocking=True), t.to(device, non_blocking=True)) for c, t in masks]
     loss, stats = train_step(clips, masks, step)
     bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-    loss_acc += loss
-    stats_acc += stats
+    acc += torch.cat([loss.view(1), stats])
     n_acc += 1
     step += 1
     pbar.update(1)
 
-    stop = bool(stop_signal)
-    if ddp:  # all ranks must stop at the same step: agree at log steps, where we sync anyway (no per-step sync)
-        stop = False
-        if step % cfg.log_interval == 0:
-            flag = torch.tensor(float(bool(stop_signal)), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            stop = flag.item() > 0
+    stop = bool(stop_signal) and not ddp
+    if ddp and step % cfg.log_interval == 0:  # all ranks stop at the same step: agree at log steps (a sync anyway)
+        flag = torch.tensor(float(bool(stop_signal)), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = flag.item() > 0
     last = step == cfg.steps or stop
     if step % cfg.log_interval == 0 or step % cfg.ckpt_interval == 0 or last:
-        vals = torch.cat([loss_acc.view(1), stats_acc]) / n_acc
+        vals = acc / n_acc
         if ddp:  # average the logged numbers over ranks (logging only; gradients were reduced by DDP)
             torch.distributed.all_reduce(vals)
             vals /= world_size
@@ -658,10 +580,8 @@ while step < cfg.steps:
                     f"std tgt {std_t:.3f} pred {std_p:.3f}")
             pbar.set_postfix_str(f"loss {last_loss:.4f} lr {get_lr(step - 1):.1e} {global_batch / dt:.1f} clips/s")
             if step % cfg.log_interval == 0 or last:
-                pbar.write(line)
-                log_file.write(line + "\n")
-                log_file.flush()
-        loss_acc.zero_(), stats_acc.zero_()
+                log(line)
+        acc.zero_()
         n_acc, t_data, t_log = 0, 0.0, time.perf_counter()
         if master_process and (step % cfg.ckpt_interval == 0 or last):
             save_checkpoint(step, last_loss)
@@ -676,14 +596,11 @@ while step < cfg.steps:
                        f"saved {ckpt_path} at step {step}; continue with --resume")
         break
 
-# -----------------------------------------------------------------------------
-# teardown
-
-pbar.close()
+pbar.close()  # teardown
 if master_process:
+    if dataset.n_skipped.value:  # undecodable videos were replaced by the next row, each logged when met
+        log(dataset.skip_summary())
     print(f"done: step {step}, loss {last_loss:.4f}, checkpoint {ckpt_path}")
     log_file.close()
-if hasattr(dataset, "summary"):
-    dataset.summary()  # bad-video skip counts, if the data layer kept any
 if ddp:
     torch.distributed.destroy_process_group()

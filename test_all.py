@@ -1482,7 +1482,8 @@ def test_pretrain_readout_on_user_data_and_none():
         os.makedirs(os.path.join(d, "echo", "Videos"))
         rng = np.random.default_rng(0)
         with open(os.path.join(d, "echo", "FileList.csv"), "w") as f:
-            f.write("FileName,EF,Split\n")
+            f.write("FileName,EF,Split\nbad,40,TRAIN\n")  # not a video: skipped, counted
+            open(os.path.join(d, "echo", "Videos", "bad.avi"), "w").write("not a video")
             for i, split in enumerate(["TRAIN"] * 2 + ["VAL"] * 6):
                 data.write_video(os.path.join(d, "echo", "Videos", f"v{i}.avi"),
                                  rng.integers(0, 255, (8, 64, 64), dtype=np.uint8), 50)
@@ -1494,6 +1495,7 @@ def test_pretrain_readout_on_user_data_and_none():
         assert [(r["step"], r["encoder"]) for r in rows] == [("0", "target"), ("0", "pixels"), ("1", "target")]
         assert all(math.isnan(float(r["view_acc_mean"])) and math.isfinite(float(r["ef_mae_grid"])) for r in rows)
         assert "VAL (6 labelled videos)" in open(os.path.join(d, "a", "log.txt")).read()
+        assert "skipped 1 bad videos" in open(os.path.join(d, "a", "log.txt")).read(), out[-1000:]
         rc, out, err = run_script("pretrain.py", [*TINY_RUN, *run, "--readout", "none", "--out_dir", os.path.join(d, "b")])
         assert rc == 0 and not os.path.exists(os.path.join(d, "b", "readout.csv")), err[-2000:]
         with open(os.path.join(d, "echo", "FileList.csv"), "w") as f:  # no VAL rows: --readout data cannot run
