@@ -258,7 +258,7 @@ def acquisition(rng, pat, ped, size):
 NR, NT = 160, 128  # polar grid: depth samples x scan lines (NOTES-data §1.1)
 LOOKS, CONTRAST = 2, 1.2  # speckle looks compounded in the display; gain of the log-speckle in the display
 # CALIBRATION: DB, OUTER, TGC, LOOKS and CONTRAST are fitted to 16 image statistics of 9 real EchoNet-Dynamic A4C
-# clips (../shared/realism/echo_stats.py): 16/16 inside the real range at --n 12 and 24 (README has the table).
+# clips (../shared/realism/echo_stats.py): 16/16 inside the real range at --n 12 and 24.
 
 
 @functools.lru_cache(maxsize=4)

@@ -416,12 +416,12 @@ def evaluate(out, f):
     r2 = 1 - (err ** 2).sum() / ss if ss > 0 else float("nan")  # undefined for one study or equal labels
     pearson = float(np.corrcoef(p, y)[0, 1]) if len(y) > 1 and p.std() > 0 and y.std() > 0 else float("nan")
     m = dict(mae=float(np.abs(err).mean()), rmse=float(np.sqrt((err ** 2).mean())), r2=float(r2), pearson=pearson,
-             n=len(studies))
+             mae_meanpred=float(np.abs(y - zstats[0]).mean()), n=len(studies))  # the baseline: predict the train mean
     rows = zip(f["study"], f["video"], pred, labels, p[g])
     return m, [(s, v, float(q), float(t), float(q_study)) for s, v, q, t, q_study in rows]
 
 
-cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson"]  # of the tables
+cols = ["accuracy", "balanced_accuracy"] if classification else ["mae", "rmse", "r2", "pearson", "mae_meanpred"]
 pred_header = ["study", "video", "prediction", "label"] + ([] if classification else ["study_prediction"])
 
 # -----------------------------------------------------------------------------
@@ -703,13 +703,13 @@ def report(results, external, probe, embed_info):
     w = max(26, *(len(n) + 2 for n, _ in table))
     print(f"{'set':<{w}}{'n':>6}" + "".join(f"{c:>19}" for c in cols) + ("  degradation %" if cfg.robustness else ""))
     for name, m in table:
-        print(f"{name:<{w}}{m['n']:>6}" + "".join(f"{m[c]:>19.4f}" for c in cols)
+        print(f"{name:<{w}}{m['n']:>6}" + "".join(f"{m.get(c, math.nan):>19.4f}" for c in cols)
               + (f"{m['degradation_pct']:>15.1f}" if "degradation_pct" in m else ""))
     if cfg.robustness:
         print(f"average relative degradation over {len(results)} corrupted sets: {avg_deg:.1f} %")
     if n_labels.get("train", 50) < 50:  # measured: 12 labels, seeds 0-2 gave test accuracy 0.24 / 0.37 / 0.34
         print(f"note: {n_labels['train']} labelled train items: results move by several points with --seed alone "
-              "(README, 'Measured'); compare encoders over a few seeds")
+              "(README, 'Probing'); compare encoders over a few seeds")
     if not classification and test["r2"] <= 0:  # a constant predictor is perfectly 'robust': say so
         print("note: test R2 <= 0, the probe predicts about the train mean; more labels (--label_frac) or epochs "
               "are needed before these numbers say anything about the encoder")
