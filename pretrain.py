@@ -364,8 +364,8 @@ def data_readout_rows():
         rows = data.find_rows(cfg.data, "lvef", "val")
     except (ValueError, FileNotFoundError) as e:
         return None, f"no labelled VAL split in {cfg.data} ({e})"
-    if len(rows) < 4 or len({r[1] for r in rows}) < 2:
-        return None, f"{cfg.data}: {len(rows)} VAL rows with {len({r[1] for r in rows})} distinct labels (need 4, 2)"
+    if len(rows) < 16 or len({r[1] for r in rows}) < 2:  # 8 train + 8 test at least: fewer give R2 of noise
+        return None, f"{cfg.data}: {len(rows)} VAL rows with {len({r[1] for r in rows})} distinct labels (need 16, 2)"
     return rows[:READOUT_N["ef_train"] + READOUT_N["ef_test"]], ""
 
 
