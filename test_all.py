@@ -1559,6 +1559,7 @@ def test_probe_seeds_reuse_encoded_clips():
             m = json.load(open(os.path.join(d, name, "metrics_seeds.json")))
             acc = [json.load(open(os.path.join(d, name, f"seed{s}", "metrics.json")))["test"]["accuracy"] for s in (0, 1)]
             assert m["seeds"] == [0, 1] and m["test"]["accuracy"]["values"] == acc
+            assert m["probe"] == "linear"  # --probe auto below 100 % labels
             assert abs(m["test"]["accuracy"]["mean"] - np.mean(acc)) < 1e-9
             assert abs(m["test"]["accuracy"]["sd"] - np.std(acc, ddof=1)) < 1e-9
             subsets = [open(os.path.join(d, name, f"seed{s}", "train_subset.csv")).read() for s in (0, 1)]
@@ -1602,6 +1603,27 @@ def test_probe_export_features_is_what_linear_fits():
         with open(os.path.join(d, "lin", "test_predictions.csv")) as f:
             got = np.array([float(r["prediction"]) for r in csv.DictReader(f)])
         assert np.allclose(got, want, atol=1e-6), (got, want)
+
+
+def test_probe_position_option():
+    """--probe_pos: a fixed 3D sin-cos table (no parameters, not in the state dict: official keys unchanged) breaks
+    the pooler's permutation invariance; a probe.pt trained with it evaluates back to the same numbers."""
+    table = model.sincos_3d((4, 2, 3), 96)
+    assert table.shape == (24, 96) and len(torch.unique(table, dim=0)) == 24 and table[:, 3 * 32:].abs().sum() == 0
+    torch.manual_seed(0)
+    plain, pos = AttentiveProbe(96, 3, depth=2, heads=4), AttentiveProbe(96, 3, depth=2, heads=4, pos_grid=(4, 2, 3))
+    assert list(pos.state_dict()) == list(plain.state_dict())
+    pos.load_state_dict(plain.state_dict())
+    x, perm = torch.randn(2, 2 * 24, 96), torch.randperm(2 * 24)  # 2 clips of 24 tokens each
+    assert (plain(x) - plain(x[:, perm])).abs().max() < 1e-6  # no position: token order does not matter
+    assert (pos(x) - pos(x[:, perm])).abs().max() > 1e-4 and (pos(x) - plain(x)).abs().max() > 1e-2
+    with tempfile.TemporaryDirectory() as d:
+        code, err = run_probe(["--probe", "attentive", "--probe_pos", "--out_dir", os.path.join(d, "a")])
+        assert code == 0, err[-2000:]
+        code, err = run_probe(["--ckpt_probe", os.path.join(d, "a", "probe.pt"), "--out_dir", os.path.join(d, "b")])
+        assert code == 0, err[-2000:]
+        m = [json.load(open(os.path.join(d, r, "metrics.json")))["test"] for r in "ab"]
+        assert m[0] == m[1]
 
 
 def test_every_cli_help():
