@@ -1,5 +1,5 @@
 """
-All tests of nano-EchoJEPA, CPU only, under 45 s on 2 cores (about 24 s measured on the development machine).
+All tests of nano-EchoJEPA, CPU only, under 45 s on 2 cores (about 25 s measured on the development machine).
 
     python test_all.py            # every test; last line "N passed, M failed"
     python test_all.py mask ema   # only tests whose name contains one of the words
