@@ -34,6 +34,7 @@ from tqdm import tqdm
 from masks import MASK_POLICIES, MaskCollator
 from model import CONFIGS, Encoder, build_predictor, ema_update, load_strict, pool_tokens, rankme, ridge
 
+
 # -----------------------------------------------------------------------------
 # config: every default here is the CPU quick start; each line is also a --flag
 @dataclass
@@ -79,6 +80,7 @@ class Config:
     readout_context: bool = False         # also read out the context encoder (rows 'context'), beside the target
     readout_only: list = None             # read out these checkpoints' target encoders ('random', 'pixels'), then exit
 
+
 # argparse built from the block above; the comment of each line becomes its --help ('%' escaped: argparse formats it)
 HELP = {k: v.replace("%", "%%") for k, v in re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M)}
 CHOICES = dict(model=sorted(CONFIGS), objective=["jepa", "mae"], masks=sorted(MASK_POLICIES),
@@ -106,6 +108,7 @@ def fail(msg):
 
 # -----------------------------------------------------------------------------
 # system: DDP from the torchrun environment, device, dtype
+
 
 ddp = int(os.environ.get("RANK", -1)) != -1
 device = device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -204,6 +207,7 @@ if ddp:  # static_graph: the encoder runs twice per step, and mask tokens 1..9 n
     encoder = torch.nn.parallel.DistributedDataParallel(encoder, static_graph=True)
     predictor = torch.nn.parallel.DistributedDataParallel(predictor, static_graph=True)
 
+
 # -----------------------------------------------------------------------------
 # one training step: schedules (pure functions of the step, so resuming is setting the step), the JEPA loss (or the
 # MAE baseline's), AdamW, then the EMA of the target encoder; and its FLOPs
@@ -291,6 +295,7 @@ def step_flops(mcfg, grid, mask_budgets, target=True, out_dim=None):
         mm += 3 * L * 2 * C * P + 4 * C * Pe + 3 * Lp * 2 * (C + K) * Pp + 6 * (C * d + K * (out_dim or d)) * dp
         att += 3 * (L * 4 * C * C * d + Lp * 4 * (C + K) ** 2 * dp)
     return mm, att
+
 
 # Masks are data: the DataLoader's collate function draws them on CPU workers, per sample, from its key.
 global_batch = cfg.batch_size * world_size
@@ -456,6 +461,7 @@ def readout(enc, it, what="target"):
         fh.write((",".join(row) + "\n" if new else "") + ",".join(f"{v:.6g}" if isinstance(v, float) else str(v)
                                                                for v in row.values()) + "\n")
 
+
 ro, log_file = None, None  # the read-out set, built at the first read-out; the training log (rank 0)
 if cfg.readout_only:  # read out saved checkpoints (e.g. --keep_ckpts files), a random init or the pixels, then exit
     for path in cfg.readout_only:
@@ -492,6 +498,7 @@ class StepSamples(torch.utils.data.Dataset):
         k0 = (it * world_size + rank) * cfg.batch_size
         return [(key, dataset[key]) for key in range(k0, k0 + cfg.batch_size)]
 
+
 loader = torch.utils.data.DataLoader(  # batch_size None: each item is already a whole batch, collated in a worker
     StepSamples(), batch_size=None, sampler=range(step, cfg.steps), collate_fn=collate,
     num_workers=cfg.num_workers, pin_memory=device_type == "cuda", persistent_workers=cfg.num_workers > 0,
@@ -517,6 +524,7 @@ def save_checkpoint(it, loss):
             os.link(ckpt_path, kept)
         except OSError:  # a file system without hard links: the same bytes, copied
             shutil.copyfile(ckpt_path, kept)
+
 
 # Preemption: SIGTERM/SIGINT only set a flag; the loop saves at the next step boundary and exits 0.
 stop_signal = []
